@@ -1,0 +1,1 @@
+"""DUEL: duplicate elimination on active memory for class-imbalanced self-supervised learning."""

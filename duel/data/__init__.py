@@ -1,0 +1,1 @@
+"""Sources, long-tailed profiles and manifests, augmentations."""

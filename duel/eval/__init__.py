@@ -1,0 +1,1 @@
+"""Frozen-feature evaluation: features, linear probe, kNN, group metrics, t-SNE."""

@@ -1,0 +1,34 @@
+"""Contrastive losses as plain functions on L2-normalised embeddings."""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+
+def info_nce(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor, temperature: float) -> torch.Tensor:
+    """MoCo's InfoNCE: the positive logit q.k against q.n for every memory negative n.
+
+    query, key: (B, d); negatives: (N, d), N may be 0 (an empty memory).
+    """
+    positive = (query * key).sum(1, keepdim=True)
+    logits = torch.cat([positive, query @ negatives.T], dim=1) / temperature
+    target = torch.zeros(len(query), dtype=torch.long, device=query.device)
+    return F.cross_entropy(logits, target)
+
+
+def nt_xent(
+    z1: torch.Tensor,
+    z2: torch.Tensor,
+    temperature: float,
+    extra_negatives: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """SimCLR's NT-Xent over the 2B views; `extra_negatives` (N, d) are appended to every row."""
+    z = torch.cat([z1, z2])
+    n = len(z1)
+    logits = z @ z.T
+    logits.fill_diagonal_(float("-inf"))  # a view is never its own negative
+    if extra_negatives is not None and len(extra_negatives):
+        logits = torch.cat([logits, z @ extra_negatives.T], dim=1)
+    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    return F.cross_entropy(logits / temperature, target)
