@@ -1,0 +1,110 @@
+"""Stage 2: one SSL run (method x imbalance x seed): encoder, final memory, metrics, step log."""
+
+from __future__ import annotations
+
+import shutil
+import time
+from typing import Annotated
+
+import pandas as pd
+import typer
+
+from duel.config import to_dict
+from duel.data.augment import ssl_augmentation
+from duel.data.datasets import IndexedImages
+from duel.methods import build_method
+from duel.train import pretrain as train
+from duel.utils import atomic_path, save_torch, seed_everything, write_json
+from pipeline.common import (
+    CHECKPOINTS,
+    PARAMS,
+    ImbalanceOption,
+    MethodOption,
+    ParamsOption,
+    SeedOption,
+    check_imbalance,
+    check_method,
+    load_data,
+    load_params,
+    pretrain_dir,
+    run_id,
+    setting,
+)
+from pipeline.tracking import StageRun, stage_name
+
+
+def pretrain(
+    method: MethodOption,
+    imbalance: ImbalanceOption,
+    seed: SeedOption = 0,
+    resume: Annotated[bool, typer.Option(help="continue an interrupted run from its last checkpoint")] = False,
+    params: ParamsOption = PARAMS,
+) -> None:
+    """Pretrain one encoder; writes model.pt, memory.pt, metrics.json and train_log.csv."""
+    cfg = load_params(params)
+    check_method(method)
+    check_imbalance(cfg, imbalance)
+    source, manifest = load_data(cfg, imbalance)
+    config = {
+        "method": method,
+        "imbalance": imbalance,
+        "seed": seed,
+        "data": to_dict(cfg.data),
+        "pretrain": to_dict(cfg.pretrain),
+        "manifest_fingerprint": manifest["source_fingerprint"],
+        "num_train": manifest["num_train"],
+    }
+
+    seed_everything(seed, cfg.pretrain.device)
+    model = build_method(method, source.channels, cfg.pretrain)
+    mean, std = source.channel_stats()
+    augment = ssl_augmentation(cfg.pretrain.augment, source.train.images.shape[-1], source.channels, mean, std)
+    dataset = IndexedImages(source.train, manifest["train_indices"])
+    checkpoint = CHECKPOINTS / run_id(method, imbalance, seed) / "last.pt"
+    name = stage_name("pretrain", method, setting(imbalance), seed)
+
+    with StageRun("pretrain", name, config, cfg.tracking.experiment, resume=resume) as run:
+        tic = time.perf_counter()
+        history = train(
+            model,
+            dataset,
+            augment,
+            cfg.pretrain,
+            seed=seed,
+            num_classes=source.num_classes,
+            config=config,
+            checkpoint=checkpoint,
+            resume=resume,
+            on_step=run.log_step,
+        )
+        log = pd.DataFrame(history)
+        metrics = {
+            "final_loss": float(log["loss"].iloc[-1]),
+            "train_seconds": time.perf_counter() - tic,
+            "images_per_s": float(log["images_per_s"].median()),
+            "steps": len(log),
+        }
+        if model.memory is not None:
+            metrics["memory_entropy"] = model.memory.class_entropy(source.num_classes)
+
+        out = pretrain_dir(method, imbalance, seed)
+        save_torch(
+            out / "model.pt",
+            {
+                "backbone": cfg.pretrain.backbone,
+                "in_channels": source.channels,
+                "state_dict": model.backbone.state_dict(),
+                "normalize": {"mean": mean, "std": std},
+                "config": config,
+            },
+        )
+        memory = model.memory.state_dict() if model.memory is not None else {}
+        save_torch(out / "memory.pt", {"policy": getattr(model.memory, "policy", None), "state_dict": memory})
+        with atomic_path(out / "train_log.csv") as tmp:
+            log.to_csv(tmp, index=False)
+        write_json(out / "metrics.json", metrics)
+        run.log_metrics(metrics)
+        for path in (out / "metrics.json", out / "train_log.csv"):
+            run.log_artifact(path)
+    # The run is complete: its outputs supersede the crash-recovery checkpoint.
+    shutil.rmtree(checkpoint.parent, ignore_errors=True)

@@ -1,0 +1,191 @@
+"""Stage 4: tables (paper layout), plots and t-SNE maps over every run of the sweep."""
+
+from __future__ import annotations
+
+import itertools
+from pathlib import Path
+
+import matplotlib
+import numpy as np
+import pandas as pd
+import torch
+
+from duel.config import StudyConfig, to_dict
+from duel.eval.tsne import tsne_embed
+from duel.utils import atomic_path, write_json
+from pipeline.common import (
+    PARAMS,
+    REPORTS,
+    ParamsOption,
+    load_params,
+    manifest_path,
+    pretrain_dir,
+    probe_dir,
+    read_json,
+    setting,
+)
+from pipeline.tracking import StageRun, stage_name
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt
+
+# Table name -> (metric column, scale, decimals, caption)
+TABLES = {
+    "linear_top1": ("linear_top1", 100, 1, "Linear-probe top-1 (%)"),
+    "knn_top1": ("knn_top1", 100, 1, "kNN top-1 (%)"),
+    "linear_few": ("linear_few", 100, 1, "Linear-probe top-1 on the few group (%)"),
+    "memory_entropy": ("memory_entropy", 1, 3, "Normalised class entropy of the final memory"),
+}
+
+
+def collect(cfg: StudyConfig) -> pd.DataFrame:
+    """One row per run of the sweep: its pretrain and probe metrics."""
+    rows = []
+    for method, imbalance, seed in itertools.product(cfg.sweep.methods, cfg.sweep.imbalance, cfg.sweep.seeds):
+        name = f"{method}-{setting(imbalance)}-{seed}"
+        pre = read_json(pretrain_dir(method, imbalance, seed) / "metrics.json", f"pretrain@{name}")
+        probe = read_json(probe_dir(method, imbalance, seed) / "metrics.json", f"probe@{name}")
+        rows.append({"method": method, "imbalance": imbalance, "seed": seed, **pre, **probe})
+    return pd.DataFrame(rows)
+
+
+def paper_table(runs: pd.DataFrame, cfg: StudyConfig, column: str, scale: float, decimals: int) -> pd.DataFrame:
+    """Rows methods, columns imbalance settings, cells 'mean ± std' over seeds (just the mean for one seed)."""
+    table = pd.DataFrame(index=cfg.sweep.methods, columns=[setting(v) for v in cfg.sweep.imbalance], dtype=object)
+    if column not in runs:
+        return table.fillna("-")
+    for (method, imbalance), group in runs.groupby(["method", "imbalance"]):
+        values = group[column].dropna() * scale
+        if values.empty:
+            cell = "-"
+        elif len(values) == 1:
+            cell = f"{values.mean():.{decimals}f}"
+        else:
+            cell = f"{values.mean():.{decimals}f} ± {values.std():.{decimals}f}"
+        table.loc[method, setting(imbalance)] = cell
+    return table.fillna("-")
+
+
+def markdown(table: pd.DataFrame, caption: str, axis: str) -> str:
+    header = f"| method | {' | '.join(f'{axis}={c}' for c in table.columns)} |"
+    rule = "|---" * (len(table.columns) + 1) + "|"
+    body = [f"| {m} | {' | '.join(str(v) for v in row)} |" for m, row in table.iterrows()]
+    return "\n".join([f"### {caption}", "", header, rule, *body, ""])
+
+
+def save_figure(fig: plt.Figure, path: Path) -> None:
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=120, bbox_inches="tight", format="png")
+    plt.close(fig)
+
+
+def plot_accuracy(runs: pd.DataFrame, cfg: StudyConfig, axis: str, path: Path) -> None:
+    fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
+    x = np.arange(len(cfg.sweep.imbalance))
+    for ax, column, title in zip(axes, ("linear_top1", "knn_top1"), ("linear probe", "kNN"), strict=True):
+        for method in cfg.sweep.methods:
+            stats = runs[runs.method == method].groupby("imbalance")[column].agg(["mean", "std"])
+            stats = stats.reindex(cfg.sweep.imbalance)
+            ax.errorbar(x, 100 * stats["mean"], yerr=100 * stats["std"].fillna(0), marker="o", capsize=3, label=method)
+        ax.set(title=title, xlabel=axis, xticks=x, xticklabels=[setting(v) for v in cfg.sweep.imbalance])
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("test top-1 (%)")
+    axes[1].legend()
+    save_figure(fig, path)
+
+
+def plot_entropy(cfg: StudyConfig, axis: str, memory_methods: list[str], path: Path) -> None:
+    settings = cfg.sweep.imbalance
+    fig, axes = plt.subplots(1, len(settings), figsize=(4 * len(settings), 3.5), sharey=True, squeeze=False)
+    seed = cfg.sweep.seeds[0]
+    for ax, imbalance in zip(axes[0], settings, strict=True):
+        for method in memory_methods:
+            log = pd.read_csv(pretrain_dir(method, imbalance, seed) / "train_log.csv")
+            ax.plot(log["step"], log["memory_entropy"], label=method)
+        ax.set(title=f"{axis}={setting(imbalance)} (seed {seed})", xlabel="training step", ylim=(0, 1.02))
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("memory class entropy")
+    axes[0, -1].legend()
+    save_figure(fig, path)
+
+
+def scatter_grid(panels: dict[str, tuple[np.ndarray, np.ndarray]], classes: int, title: str, path: Path) -> None:
+    fig, axes = plt.subplots(1, len(panels), figsize=(4 * len(panels), 4), squeeze=False)
+    for ax, (name, (coords, labels)) in zip(axes[0], panels.items(), strict=True):
+        sc = ax.scatter(coords[:, 0], coords[:, 1], c=labels, cmap="tab10", vmin=0, vmax=max(classes - 1, 1), s=6)
+        ax.set(title=name, xticks=[], yticks=[])
+    fig.colorbar(sc, ax=axes[0].tolist(), label="class")
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def load_memory(method: str, imbalance: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    state = torch.load(pretrain_dir(method, imbalance, seed) / "memory.pt", weights_only=False)["state_dict"]
+    filled = int(state["filled"])
+    return state["keys"][:filled].numpy(), state["labels"][:filled].numpy()
+
+
+def plot_memory_histograms(memories: dict[str, np.ndarray], classes: int, title: str, path: Path) -> None:
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    width = 0.8 / max(len(memories), 1)
+    for i, (name, labels) in enumerate(memories.items()):
+        counts = np.bincount(labels[labels >= 0], minlength=classes)
+        ax.bar(np.arange(classes) + i * width, counts, width, label=name)
+    ax.set(xlabel="class (LT order: head first for head_order=index)", ylabel="keys in final memory", title=title)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def report(params: ParamsOption = PARAMS) -> None:
+    """Aggregate every run into reports/: Markdown + CSV tables, plots, t-SNE maps."""
+    cfg = load_params(params)
+    runs = collect(cfg)
+    axis = "rho" if cfg.prepare.profile == "dominant" else "r"
+    worst = max(cfg.sweep.imbalance)  # the most imbalanced setting, for r and rho alike
+    seed = cfg.sweep.seeds[0]
+    memory_methods = [m for m in cfg.sweep.methods if runs.loc[runs.method == m, "memory_entropy"].notna().any()]
+    num_classes = len(read_json(manifest_path(worst), f"prepare@{setting(worst)}")["classes"])
+
+    figures = REPORTS / "figures"
+    md = [f"# Results: {cfg.data.source}, profile {cfg.prepare.profile}, seeds {cfg.sweep.seeds}", ""]
+    summary: dict[str, float] = {}
+    for name, (column, scale, decimals, caption) in TABLES.items():
+        table = paper_table(runs, cfg, column, scale, decimals)
+        md.append(markdown(table, caption, axis))
+        with atomic_path(REPORTS / f"{name}.csv") as tmp:
+            table.to_csv(tmp, index_label="method")
+    means = runs.groupby(["method", "imbalance"])[[c for c, *_ in TABLES.values() if c in runs]].mean()
+    for (method, imbalance), row in means.iterrows():
+        for column, value in row.dropna().items():
+            summary[f"{method}/{axis}{setting(imbalance)}/{column}"] = float(value)
+    with atomic_path(REPORTS / "results.md") as tmp:
+        tmp.write_text("\n".join(md))
+    with atomic_path(REPORTS / "runs.csv") as tmp:
+        runs.to_csv(tmp, index=False)
+    with atomic_path(REPORTS / "accuracy_vs_imbalance.csv") as tmp:
+        runs[["method", "imbalance", "seed", "linear_top1", "knn_top1"]].to_csv(tmp, index=False)
+
+    plot_accuracy(runs, cfg, axis, figures / "accuracy_vs_imbalance.png")
+    if memory_methods:
+        plot_entropy(cfg, axis, memory_methods, figures / "memory_entropy.png")
+    rc = cfg.report
+    feature_maps = {}
+    for method in cfg.sweep.methods:
+        data = np.load(probe_dir(method, worst, seed) / "test_features.npz")
+        feature_maps[method] = tsne_embed(data["features"], data["labels"], rc.tsne_perplexity, rc.tsne_max_points)
+    where = f"{axis}={setting(worst)}, seed {seed}"
+    scatter_grid(feature_maps, num_classes, f"t-SNE of test features ({where})", figures / "tsne_features.png")
+    shown = [m for m in ("moco", "dmoco") if m in memory_methods] or memory_methods
+    if shown:
+        memories = {m: load_memory(m, worst, seed) for m in shown}
+        maps = {m: tsne_embed(k, lab, rc.tsne_perplexity, rc.tsne_max_points) for m, (k, lab) in memories.items()}
+        scatter_grid(maps, num_classes, f"t-SNE of the final memory ({where})", figures / "tsne_memory.png")
+        histograms = {m: lab for m, (_, lab) in memories.items()}
+        plot_memory_histograms(histograms, num_classes, f"final memory ({where})", figures / "memory_histogram.png")
+
+    write_json(REPORTS / "summary.json", summary)
+    config = {"sweep": to_dict(cfg.sweep), "report": to_dict(cfg.report)}
+    with StageRun("report", stage_name("report"), config, cfg.tracking.experiment) as run:
+        run.log_metrics(summary)
+        for path in sorted(REPORTS.glob("*.*")) + sorted(figures.glob("*.png")):
+            run.log_artifact(path, "figures" if path.parent == figures else None)

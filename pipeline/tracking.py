@@ -1,0 +1,144 @@
+"""The one MLflow helper every stage uses (DESIGN §5).
+
+Tracking URI: `MLFLOW_TRACKING_URI` if set, else SQLite `mlflow.db` at the
+project root by absolute path (the root of the original checkout also when DVC
+runs a queued experiment in a temporary copy under `.dvc/tmp/exps`). Each stage
+instance is one run named after it (`pretrain@moco-10-0`, as DVC names it),
+tagged with the stage, the hash of its resolved params and the DVC experiment
+name and baseline revision when DVC sets them.
+"""
+
+from __future__ import annotations
+
+import os
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from types import TracebackType
+from typing import Any
+
+from duel.config import DuelError, config_hash, flatten
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+STEP_FLUSH = 200  # per-step metrics are sent in batches: one SQLite write per 200 steps, not per step
+
+
+class StageKilled(Exception):
+    """SIGTERM or Ctrl-C in a stage: unwinds like an error (temp outputs removed), run marked KILLED.
+
+    Not a KeyboardInterrupt: typer turns those into a silent exit before the stage can say what to do.
+    """
+
+
+def project_root() -> Path:
+    """The checkout's root; for a queued DVC experiment, the checkout that queued it."""
+    parts = PROJECT_ROOT.parts
+    for i in range(len(parts) - 3):
+        if parts[i : i + 3] == (".dvc", "tmp", "exps"):
+            return Path(*parts[:i])
+    return PROJECT_ROOT
+
+
+def tracking_uri() -> str:
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, in one line, instead of MLflow's minutes of retries against a dead server."""
+    if not uri.startswith(("http://", "https://")):
+        return
+    try:
+        urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5)
+    except (urllib.error.URLError, OSError) as exc:
+        raise DuelError(
+            f"MLflow tracking server {uri} is unreachable ({getattr(exc, 'reason', exc)}); "
+            "start it (mlflow server ...) or unset MLFLOW_TRACKING_URI to log to mlflow.db"
+        ) from exc
+
+
+def stage_name(stage: str, *parts: Any) -> str:
+    """The DVC matrix stage name, e.g. pretrain@moco-10-0."""
+    return f"{stage}@{'-'.join(str(p) for p in parts)}" if parts else stage
+
+
+class StageRun:
+    """One MLflow run for one stage instance; a context manager.
+
+    With `resume=True` it reopens the newest unfinished run of the same name and
+    params hash (a run killed halfway), so a resumed stage keeps one run.
+    """
+
+    def __init__(self, stage: str, name: str, config: dict[str, Any], experiment: str, resume: bool = False) -> None:
+        self.stage, self.name, self.config, self.experiment = stage, name, config, experiment
+        self.resume = resume
+        self.params_hash = config_hash(config)
+        self._steps: list[Any] = []
+
+    def __enter__(self) -> StageRun:
+        import mlflow
+
+        uri = tracking_uri()
+        check_reachable(uri)
+        mlflow.set_tracking_uri(uri)
+        self.client = mlflow.MlflowClient()
+        experiment = self.client.get_experiment_by_name(self.experiment)
+        if experiment is None:
+            # Artifacts beside the default store, not in ./mlruns of whatever directory ran first.
+            location = None if "MLFLOW_TRACKING_URI" in os.environ else (project_root() / "mlartifacts").as_uri()
+            experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
+        else:
+            experiment_id = experiment.experiment_id
+        tags = {"stage": self.stage, "params_hash": self.params_hash}
+        for tag, var in (("dvc_exp_name", "DVC_EXP_NAME"), ("dvc_baseline_rev", "DVC_EXP_BASELINE_REV")):
+            if os.environ.get(var):
+                tags[tag] = os.environ[var]
+        run_id = self._unfinished_run(experiment_id) if self.resume else None
+        self.run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=self.name, tags=tags)
+        if run_id is None:
+            mlflow.log_params({k: str(v) for k, v in flatten(self.config).items()})
+            mlflow.log_dict(self.config, "config.json")
+        return self
+
+    def _unfinished_run(self, experiment_id: str) -> str | None:
+        runs = self.client.search_runs(
+            [experiment_id],
+            filter_string=f"tags.mlflow.runName = '{self.name}' and tags.params_hash = '{self.params_hash}' "
+            "and attributes.status != 'FINISHED'",
+            order_by=["attributes.start_time DESC"],
+            max_results=1,
+        )
+        return runs[0].info.run_id if runs else None
+
+    def log_step(self, record: dict[str, float]) -> None:
+        """Per-step curves, as `train/<key>`: apart from the final metrics of the same name."""
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        step = int(record["step"])
+        self._steps += [Metric(f"train/{k}", float(v), now, step) for k, v in record.items() if k != "step"]
+        if len(self._steps) >= STEP_FLUSH:
+            self._flush()
+
+    def _flush(self) -> None:
+        for start in range(0, len(self._steps), 1000):  # MLflow's batch limit
+            self.client.log_batch(self.run.info.run_id, metrics=self._steps[start : start + 1000])
+        self._steps = []
+
+    def log_metrics(self, metrics: dict[str, float]) -> None:
+        import mlflow
+
+        mlflow.log_metrics(metrics)
+
+    def log_artifact(self, path: Path, folder: str | None = None) -> None:
+        import mlflow
+
+        mlflow.log_artifact(str(path), folder)
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
+        import mlflow
+
+        if self._steps:
+            self._flush()
+        status = "FINISHED" if kind is None else "KILLED" if issubclass(kind, StageKilled) else "FAILED"
+        mlflow.end_run(status)
