@@ -1,0 +1,133 @@
+"""Stage commands on bad input: one line naming the problem, a non-zero exit, nothing written."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import pytest
+import yaml
+
+from pipeline import cli
+from pipeline import pretrain as stage
+from pipeline.tracking import StageKilled
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+@pytest.fixture
+def project(tmp_path, monkeypatch):
+    """An empty working directory with the default params; MLflow pointed at a temp store."""
+    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    return tmp_path
+
+
+def set_params(project: Path, section: str, **values) -> None:
+    params = yaml.safe_load((project / "params.yaml").read_text())
+    params[section].update(values)
+    (project / "params.yaml").write_text(yaml.safe_dump(params))
+
+
+def run_stage(argv, monkeypatch, capsys) -> tuple[int, str]:
+    monkeypatch.setattr(sys, "argv", ["pipeline", *argv])
+    with pytest.raises(SystemExit) as info:
+        cli.main()
+    return info.value.code, capsys.readouterr().err
+
+
+def written(project: Path) -> list[str]:
+    return sorted(str(p.relative_to(project)) for p in project.rglob("*") if p.name not in ("params.yaml",))
+
+
+PRETRAIN = ["pretrain", "--method", "moco", "--imbalance", "10", "--seed", "0"]
+
+
+@pytest.mark.parametrize(
+    ("argv", "edit", "message"),
+    [
+        (["pretrain", "--method", "byol", "--imbalance", "10"], None, "--method='byol' is not allowed"),
+        (["prepare", "--imbalance", "0.5"], None, "--imbalance=0.5 is not allowed: the imbalance ratio r"),
+        (PRETRAIN, ("data", {"source": "cifar"}), "data.source='cifar' is not allowed"),
+        (PRETRAIN, ("pretrain", {"epochs": -1}), "pretrain.epochs=-1 is not allowed: must be > 0"),
+        (PRETRAIN, ("pretrain", {"batch_size": 512}), "pretrain.memory.size=256 is not allowed"),
+        (["prepare", "--imbalance", "0.5"], ("prepare", {"profile": "dominant"}), "sweep.imbalance=1.0"),
+        (
+            ["prepare", "--imbalance", "10"],
+            ("data", {"source": "imagefolder", "root": "/nonexistent/cifar"}),
+            "data.root='/nonexistent/cifar' has no train/ folder",
+        ),
+        (PRETRAIN, None, "outputs/prepare/imb10/manifest.json is missing; run `dvc repro prepare@10` first"),
+    ],
+)
+def test_bad_input_fails_in_one_line_before_any_output(project, monkeypatch, capsys, argv, edit, message):
+    if edit:
+        set_params(project, edit[0], **edit[1])
+    code, err = run_stage(argv, monkeypatch, capsys)
+    assert code == 2
+    assert err.startswith("error: ") and err.count("\n") == 1
+    assert message in err
+    assert written(project) == []  # no outputs, not even an MLflow store
+
+
+def test_unreachable_tracking_server_fails_fast(project, monkeypatch, capsys):
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://127.0.0.1:9")  # discard port: nothing listens
+    code, err = run_stage(["prepare", "--imbalance", "10"], monkeypatch, capsys)
+    assert code == 2
+    assert "MLflow tracking server http://127.0.0.1:9 is unreachable" in err and "unset MLFLOW_TRACKING_URI" in err
+    assert written(project) == []
+
+
+def test_process_exit_code_and_stderr(project):
+    """The real entry point, as DVC runs it."""
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    proc = subprocess.run(
+        [sys.executable, "-m", "pipeline", "prepare", "--imbalance", "0"], capture_output=True, text=True, env=env
+    )
+    assert proc.returncode == 2
+    assert proc.stderr.strip().splitlines() == [
+        "error: params: --imbalance=0.0 is not allowed: the imbalance ratio r of profile 'exp' must be >= 1"
+    ]
+
+
+def test_killed_pretrain_leaves_nothing_and_resumes_into_the_same_run(project, monkeypatch, capsys):
+    set_params(project, "prepare", n_max=20)
+    set_params(project, "pretrain", epochs=3, batch_size=16, checkpoint_every=1, memory={"size": 32})
+    monkeypatch.setattr(sys, "argv", ["pipeline", "prepare", "--imbalance", "10"])
+    with pytest.raises(SystemExit) as done:
+        cli.main()
+    assert done.value.code == 0
+
+    train = stage.train
+
+    def killed_in_epoch_two(*args, on_step, **kwargs):
+        def step(record):
+            on_step(record)
+            if record["step"] == 8:  # 4 steps per epoch: after the epoch-1 checkpoint
+                raise StageKilled("SIGTERM")  # what the stage's signal handler raises
+
+        return train(*args, on_step=step, **kwargs)
+
+    monkeypatch.setattr(stage, "train", killed_in_epoch_two)
+    code, err = run_stage(PRETRAIN, monkeypatch, capsys)
+    assert code == 130 and "--resume" in err
+    assert not (project / "outputs/pretrain").exists()
+    assert (project / "checkpoints/moco-imb10-s0/last.pt").exists()
+
+    monkeypatch.setattr(stage, "train", train)
+    assert run_stage([*PRETRAIN, "--resume"], monkeypatch, capsys)[0] == 0
+    assert {p.name for p in (project / "outputs/pretrain/moco-imb10-s0").iterdir()} == {
+        "model.pt",
+        "memory.pt",
+        "metrics.json",
+        "train_log.csv",
+    }
+    assert not (project / "checkpoints/moco-imb10-s0").exists()
+
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("duel-digits").experiment_id], "tags.stage = 'pretrain'")
+    assert [r.info.status for r in runs] == ["FINISHED"]  # the killed run was reopened, not duplicated
+    steps = sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")})
+    assert steps == list(range(12))

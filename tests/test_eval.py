@@ -1,0 +1,60 @@
+import numpy as np
+import pytest
+
+from duel.eval.groups import class_groups, group_accuracies
+from duel.eval.knn import knn_predict
+from duel.eval.linear import linear_probe
+from duel.eval.tsne import tsne_embed
+
+
+def test_groups_are_thirds_by_descending_training_count():
+    counts = [5, 50, 20, 100, 10, 1]
+    assert class_groups(counts) == {"many": [3, 1], "medium": [2, 4], "few": [0, 5]}
+
+
+def test_group_accuracies_hand_example():
+    counts = [100, 50, 10]  # many = class 0, medium = class 1, few = class 2
+    y_true = np.array([0, 0, 1, 1, 2, 2, 2, 2])
+    y_pred = np.array([0, 0, 1, 0, 2, 0, 0, 0])
+    out = group_accuracies(y_true, y_pred, counts)
+    assert out["top1"] == pytest.approx(4 / 8)
+    assert (out["many"], out["medium"], out["few"]) == (1.0, 0.5, 0.25)
+    assert out["group_std"] == pytest.approx(np.std([1.0, 0.5, 0.25]))
+
+
+def test_knn_weighted_vote_hand_example():
+    bank = np.array([[1.0, 0.0], [0.9, 0.1], [0.0, 1.0]])
+    labels = np.array([0, 0, 1])
+    queries = np.array([[1.0, 0.05], [0.1, 1.0]])
+    assert knn_predict(bank, labels, queries, 2, k=2, temperature=0.1).tolist() == [0, 1]
+    # k = all: the two class-0 neighbours at cosine ~0.7 outvote one class-1 neighbour at 1.0 only
+    # when the temperature flattens the weights.
+    q = np.array([[0.7, 0.7]])
+    b2 = np.array([[1.0, 0.0], [0.0, 1.0], [0.0, 1.0]])
+    assert knn_predict(b2, np.array([0, 1, 1]), q, 2, k=3, temperature=10).tolist() == [1]
+    assert knn_predict(b2, np.array([1, 0, 0]), q, 2, k=3, temperature=10).tolist() == [0]
+
+
+def test_linear_probe_selects_c_on_validation():
+    rng = np.random.default_rng(0)
+
+    def three_classes(n):  # the class is a band of the first feature; the rest is noise
+        x = rng.normal(size=(n, 5))
+        return x, np.digitize(x[:, 0], [-0.4, 0.4])
+
+    train, val, (test_x, test_y) = three_classes(300), three_classes(100), three_classes(100)
+    result = linear_probe(train, val, test_x, [1e-4, 1e-2, 1.0])
+    # Strong regularisation cannot carve the middle band: it loses on validation.
+    assert result.val_accuracy[1.0] > 0.9 > result.val_accuracy[1e-4]
+    assert result.best_c == max(result.val_accuracy, key=result.val_accuracy.get) == 1.0
+    assert (result.test_predictions == test_y).mean() > 0.9
+
+
+def test_tsne_subsamples_and_keeps_labels_aligned():
+    x = np.concatenate([np.zeros((30, 4)), np.ones((30, 4)) * 10]) + np.random.default_rng(0).normal(size=(60, 4))
+    labels = np.repeat([0, 1], 30)
+    coords, kept = tsne_embed(x, labels, perplexity=30, max_points=40)
+    assert coords.shape == (40, 2) and len(kept) == 40
+    centre0, centre1 = coords[kept == 0].mean(0), coords[kept == 1].mean(0)
+    spread = coords[kept == 0].std(0).max()
+    assert np.linalg.norm(centre0 - centre1) > 2 * spread  # the two clusters stay apart

@@ -1,0 +1,101 @@
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+from duel.memory import ActiveMemory
+
+
+def unit(n: int, d: int, seed: int = 0) -> torch.Tensor:
+    return F.normalize(torch.randn(n, d, generator=torch.Generator().manual_seed(seed)), dim=1)
+
+
+@pytest.mark.parametrize("batch_mode", ["greedy", "topk"])
+def test_incremental_scores_match_full_recompute(batch_mode):
+    mem = ActiveMemory(64, 16, policy="duel", temperature=0.2, batch_mode=batch_mode)
+    for step in range(40):  # 40 x 24 keys: the memory fills, then every push evicts
+        mem.push(unit(24, 16, seed=step))
+        torch.testing.assert_close(mem.scores[: mem.num_filled], mem.full_scores(), rtol=1e-4, atol=1e-4)
+    assert mem.num_filled == 64
+
+
+def test_greedy_evicts_the_most_duplicated_key():
+    mem = ActiveMemory(3, 2, policy="duel", temperature=0.5)
+    a, near_a, b = torch.tensor([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0]])
+    mem.push(torch.stack([a, near_a, b]), labels=torch.tensor([0, 0, 1]))
+    # a and near_a duplicate each other; b is alone. Ties between a and near_a go to the first.
+    assert mem.scores[2] < mem.scores[0]
+    mem.push(torch.tensor([[-1.0, 0.0]]), labels=torch.tensor([2]))
+    assert sorted(mem.labels.tolist()) == [0, 1, 2]  # one of the duplicated pair was evicted, b survived
+
+
+def test_fifo_overwrites_the_oldest_slot():
+    mem = ActiveMemory(4, 3, policy="fifo")
+    mem.push(unit(3, 3), indices=torch.tensor([0, 1, 2]))
+    mem.push(unit(3, 3, seed=1), indices=torch.tensor([3, 4, 5]))
+    assert mem.indices.tolist() == [4, 5, 2, 3]
+    assert int(mem.ptr) == 2 and mem.num_filled == 4
+
+
+def test_random_policy_keeps_every_key_of_a_push_and_fills_first():
+    torch.manual_seed(0)
+    mem = ActiveMemory(8, 4, policy="random")
+    mem.push(unit(5, 4), indices=torch.arange(5))
+    assert mem.indices[:5].tolist() == list(range(5)) and mem.num_filled == 5
+    mem.push(unit(6, 4, seed=1), indices=torch.arange(5, 11))
+    assert set(range(5, 11)) <= set(mem.indices.tolist())  # no key of one push overwrote another
+
+
+def test_class_entropy():
+    mem = ActiveMemory(4, 2)
+    assert mem.class_entropy(4) == 0.0  # empty
+    mem.push(unit(4, 2), labels=torch.tensor([0, 1, 2, 3]))
+    assert mem.class_entropy(4) == pytest.approx(1.0)
+    mem.push(unit(4, 2), labels=torch.tensor([1, 1, 1, 1]))
+    assert mem.class_entropy(4) == 0.0
+    mem.push(unit(2, 2), labels=torch.tensor([0, -1]))  # -1 (unknown) is ignored
+    p = torch.tensor([1 / 3, 2 / 3])
+    assert mem.class_entropy(4) == pytest.approx(float(-(p * p.log()).sum() / math.log(4)))
+
+
+def test_state_dict_round_trip_restores_every_slot_array():
+    mem = ActiveMemory(16, 8, policy="duel")
+    mem.push(unit(20, 8), labels=torch.arange(20) % 3, indices=torch.arange(20))
+    clone = ActiveMemory(16, 8, policy="duel")
+    clone.load_state_dict(mem.state_dict())
+    for name in ("keys", "labels", "indices", "scores", "ptr", "filled"):
+        assert torch.equal(getattr(clone, name), getattr(mem, name)), name
+    mem.push(unit(5, 8, seed=3))
+    clone.push(unit(5, 8, seed=3))
+    assert torch.equal(clone.keys, mem.keys)
+
+
+def dominant_stream(steps: int, batch: int, dim: int, seed: int = 0):
+    """90% of samples from class 0; each class is a tight cluster around its own centre."""
+    g = torch.Generator().manual_seed(seed)
+    centres = F.normalize(torch.randn(10, dim, generator=g), dim=1)
+    for _ in range(steps):
+        labels = torch.where(torch.rand(batch, generator=g) < 0.9, 0, torch.randint(1, 10, (batch,), generator=g))
+        keys = centres[labels] + 0.15 * torch.randn(batch, dim, generator=g) / math.sqrt(dim)
+        yield keys, labels
+
+
+@pytest.mark.parametrize("batch_mode", ["greedy", "topk"])
+def test_duel_keeps_memory_closer_to_uniform_than_fifo(batch_mode):
+    fifo = ActiveMemory(128, 32, policy="fifo")
+    duel = ActiveMemory(128, 32, policy="duel", temperature=0.1, batch_mode=batch_mode)
+    for keys, labels in dominant_stream(steps=30, batch=32, dim=32):
+        fifo.push(keys, labels)
+        duel.push(keys, labels)
+    h_fifo, h_duel = fifo.class_entropy(10), duel.class_entropy(10)
+    assert h_fifo < 0.5  # the stream's own imbalance
+    assert h_duel > h_fifo + 0.3
+    assert duel.class_histogram(10)[0] < fifo.class_histogram(10)[0] / 2
+
+
+def test_rejects_unknown_policy_and_batch_mode():
+    with pytest.raises(ValueError, match="policy"):
+        ActiveMemory(4, 2, policy="lru")
+    with pytest.raises(ValueError, match="batch_mode"):
+        ActiveMemory(4, 2, batch_mode="all")

@@ -1,0 +1,160 @@
+"""`dvc repro` of a tiny study in a temporary git copy of the project: tables, MLflow runs, reruns, notebook."""
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import mlflow
+import nbclient
+import nbformat
+import pandas as pd
+import pytest
+import yaml
+
+ROOT = Path(__file__).resolve().parents[1]
+TINY = {
+    "sweep": {"methods": ["moco", "dmoco"], "imbalance": [1, 10], "seeds": [0]},
+    "tracking": {"experiment": "e2e"},
+    "prepare": {"n_max": 30},
+    "pretrain": {"epochs": 2, "batch_size": 16, "memory": {"size": 64}, "checkpoint_every": 1},
+    "probe": {"knn_k": 20, "c_grid": [0.1, 1.0]},
+    "report": {"tsne_perplexity": 5.0},
+}
+
+
+def sh(args, cwd, env):
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    return proc.stdout + proc.stderr
+
+
+def dvc(cwd, env, *args):
+    return sh([sys.executable, "-m", "dvc", *args], cwd, env)
+
+
+def ran_stages(output: str) -> set[str]:
+    return set(re.findall(r"Running stage '([^']+)'", output))
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory):
+    root = tmp_path_factory.mktemp("study")
+    tracked = sh(["git", "ls-files", "-co", "--exclude-standard"], ROOT, os.environ).split("\n")
+    for rel in filter(None, tracked):
+        if rel == "dvc.lock" or rel.startswith(("outputs/", "reports/")) or not (ROOT / rel).is_file():
+            continue
+        (root / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(ROOT / rel, root / rel)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in TINY.items():
+        for key, value in values.items():
+            params[section][key] = {**params[section][key], **value} if isinstance(value, dict) else value
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env |= {"PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "PYTHONPATH": str(root)}
+    for cmd in (["git", "init", "-q"], ["git", "add", "-A"]):
+        sh(cmd, root, env)
+    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny study"], root, env)
+    output = dvc(root, env, "repro")
+    return root, env, output
+
+
+def test_repro_builds_the_paper_tables(study):
+    root, _, output = study
+    assert ran_stages(output) == {
+        "prepare@1",
+        "prepare@10",
+        "report",
+        *(f"{s}@{m}-{r}-0" for s in ("pretrain", "probe") for m in ("moco", "dmoco") for r in (1, 10)),
+    }
+    table = pd.read_csv(root / "reports/linear_top1.csv", index_col="method")
+    assert list(table.index) == ["moco", "dmoco"] and list(table.columns) == ["1", "10"]
+    assert ((table.astype(float) > 10) & (table.astype(float) <= 100)).all().all()  # percent, above chance
+    results = (root / "reports/results.md").read_text()
+    for caption in ("Linear-probe top-1", "kNN top-1", "few group", "class entropy of the final memory"):
+        assert caption in results
+    assert "| dmoco | " in results and "| method | r=1 | r=10 |" in results
+    summary = json.loads((root / "reports/summary.json").read_text())
+    assert 0 < summary["dmoco/r10/memory_entropy"] <= 1
+    for name in ("accuracy_vs_imbalance", "memory_entropy", "memory_histogram", "tsne_features", "tsne_memory"):
+        assert (root / f"reports/figures/{name}.png").stat().st_size > 5000, name
+    assert not list(root.glob("checkpoints/*")), "finished runs leave no crash-recovery checkpoint"
+
+
+def test_every_stage_instance_is_one_mlflow_run_with_its_metrics(study):
+    root, _, _ = study
+    assert (root / "mlflow.db").exists(), "default store: mlflow.db at the project root"
+    client = mlflow.MlflowClient(f"sqlite:///{root / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("e2e").experiment_id])
+    by_name = {r.info.run_name: r for r in runs}
+    assert len(runs) == len(by_name) == 11
+    assert all(r.info.status == "FINISHED" for r in runs)
+    assert {r.data.tags["stage"] for r in runs} == {"prepare", "pretrain", "probe", "report"}
+    assert all(len(r.data.tags["params_hash"]) == 12 for r in runs)
+
+    probe = by_name["probe@dmoco-10-0"]
+    written = json.loads((root / "outputs/probe/dmoco-imb10-s0/metrics.json").read_text())
+    assert probe.data.metrics == pytest.approx(written)  # the DVC metrics file is the MLflow dict
+    assert probe.data.params["method"] == "dmoco" and probe.data.params["probe.knn_k"] == "20"
+
+    pretrain = by_name["pretrain@dmoco-10-0"]
+    steps = int(pretrain.data.metrics["steps"])
+    for key in ("loss", "lr", "memory_entropy", "images_per_s"):
+        history = client.get_metric_history(pretrain.info.run_id, f"train/{key}")
+        assert sorted(m.step for m in history) == list(range(steps)), key
+    curve = sorted(client.get_metric_history(pretrain.info.run_id, "train/memory_entropy"), key=lambda m: m.step)
+    assert curve[-1].value == pytest.approx(pretrain.data.metrics["memory_entropy"])
+    assert pretrain.data.params["pretrain.memory.size"] == "64"
+    artifacts = {a.path for a in client.list_artifacts(pretrain.info.run_id)}
+    assert {"config.json", "metrics.json", "train_log.csv"} <= artifacts
+    figures = {a.path for a in client.list_artifacts(by_name["report"].info.run_id, "figures")}
+    assert "figures/tsne_memory.png" in figures
+
+
+def test_dvc_metrics_and_plots_are_declared(study):
+    root, env, _ = study
+    metrics = json.loads(dvc(root, env, "metrics", "show", "--json"))
+    files = next(iter(metrics.values()))["data"]
+    assert "reports/summary.json" in files and "outputs/probe/moco-imb1-s0/metrics.json" in files
+    dvc(root, env, "plots", "show", "--out", "dvc_plots")
+    html = (root / "dvc_plots/index.html").read_text()
+    assert "memory_entropy" in html and "tsne_memory" in html
+
+
+def test_second_repro_does_nothing_and_a_new_setting_reruns_only_its_stages(study):
+    root, env, _ = study
+    again = dvc(root, env, "repro")
+    assert ran_stages(again) == set()
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    params["sweep"]["imbalance"] = [1, 5]
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    changed = dvc(root, env, "repro")
+    assert ran_stages(changed) == {
+        "prepare@5",
+        "pretrain@moco-5-0",
+        "pretrain@dmoco-5-0",
+        "probe@moco-5-0",
+        "probe@dmoco-5-0",
+        "report",
+    }
+    assert list(pd.read_csv(root / "reports/knn_top1.csv", index_col="method").columns) == ["1", "5"]
+
+
+def test_analysis_notebook_runs_on_the_study(study, monkeypatch):
+    root, _, _ = study
+    nb = nbformat.read(root / "notebooks/analysis.ipynb", as_version=4)
+    # The kernel inherits this environment: it imports the copy's code, so mlflow.db resolves to the copy.
+    monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
+    monkeypatch.setenv("PYTHONPATH", str(root))
+    nbclient.NotebookClient(nb, timeout=300, resources={"metadata": {"path": str(root / "notebooks")}}).execute()
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert not [o for o in outputs if o.output_type == "error"]
+    assert sum(o.output_type == "display_data" for o in outputs) == 2  # the two figures
+    tables = "".join(o.get("data", {}).get("text/plain", "") for o in outputs)
+    assert "dmoco" in tables and "memory_entropy" in tables

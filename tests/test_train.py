@@ -1,0 +1,80 @@
+from dataclasses import replace
+
+import pytest
+import torch
+
+from duel.config import DuelError, to_dict
+from duel.data.augment import ssl_augmentation
+from duel.data.datasets import IndexedImages
+from duel.methods import build_method
+from duel.train import pretrain
+from duel.utils import seed_everything
+
+
+class Interrupt(Exception):
+    pass
+
+
+def run(tiny_source, cfg, checkpoint, resume=False, stop_at_step=None):
+    seed_everything(0)
+    method = build_method("dmoco", 1, cfg.pretrain)
+    augment = ssl_augmentation(cfg.pretrain.augment, 8, 1, [0.5], [0.25])
+    dataset = IndexedImages(tiny_source.train, list(range(60)))
+
+    def on_step(record):
+        if record["step"] == stop_at_step:
+            raise Interrupt  # a kill in the middle of epoch 2, after the epoch-1 checkpoint
+
+    history = pretrain(
+        method,
+        dataset,
+        augment,
+        cfg.pretrain,
+        seed=0,
+        num_classes=3,
+        config=to_dict(cfg.pretrain),
+        checkpoint=checkpoint,
+        resume=resume,
+        on_step=on_step,
+    )
+    return method, history
+
+
+def test_resume_ends_identical_to_an_uninterrupted_run(tiny_source, tiny_config, tmp_path):
+    full, full_history = run(tiny_source, tiny_config, tmp_path / "full.pt")
+    with pytest.raises(Interrupt):
+        run(tiny_source, tiny_config, tmp_path / "cut.pt", stop_at_step=10)
+    assert torch.load(tmp_path / "cut.pt", weights_only=False)["epoch"] == 1
+    resumed, history = run(tiny_source, tiny_config, tmp_path / "cut.pt", resume=True)
+
+    assert len(history) == len(full_history) == 3 * (60 // 8)
+    for a, b in zip(history, full_history, strict=True):
+        assert a["loss"] == b["loss"] and a.get("memory_entropy") == b.get("memory_entropy")
+    state, expected = resumed.state_dict(), full.state_dict()
+    assert state.keys() == expected.keys()
+    for key in expected:  # model, key encoder and every memory array
+        assert torch.equal(state[key], expected[key]), key
+
+
+def test_resume_refuses_a_checkpoint_of_another_config(tiny_source, tiny_config, tmp_path):
+    run(tiny_source, tiny_config, tmp_path / "ck.pt")
+    other = replace(tiny_config, pretrain=replace(tiny_config.pretrain, lr=0.5))
+    with pytest.raises(DuelError, match=r"lr=0.06, not 0.5"):
+        run(tiny_source, other, tmp_path / "ck.pt", resume=True)
+
+
+def test_too_small_training_set_is_a_clear_error(tiny_source, tiny_config, tmp_path):
+    seed_everything(0)
+    method = build_method("moco", 1, tiny_config.pretrain)
+    augment = ssl_augmentation(tiny_config.pretrain.augment, 8, 1, [0.5], [0.25])
+    with pytest.raises(DuelError, match=r"fewer than pretrain\.batch_size=8"):
+        pretrain(
+            method,
+            IndexedImages(tiny_source.train, [0, 1, 2]),
+            augment,
+            tiny_config.pretrain,
+            seed=0,
+            num_classes=3,
+            config={},
+            checkpoint=tmp_path / "ck.pt",
+        )
