@@ -47,7 +47,6 @@ class TrackingConfig:
 class DataConfig:
     source: str = "digits"
     root: str | None = None  # dataset folder for sources that live on disk
-    download: bool = False  # let torchvision download a missing dataset
     image_size: int | None = None  # resize on load; None keeps the native size
     test_fraction: float = 0.25  # only for sources without an official test split
     val_fraction: float = 0.15  # carved per class from the training split before the LT draw

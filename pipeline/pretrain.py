@@ -57,6 +57,7 @@ def pretrain(
 
     seed_everything(seed, cfg.pretrain.device)
     model = build_method(method, source.channels, cfg.pretrain)
+    config["memory_policy"] = model.memory.policy if model.memory is not None else None  # `auto` resolved
     mean, std = source.channel_stats()
     augment = ssl_augmentation(cfg.pretrain.augment, source.train.images.shape[-1], source.channels, mean, std)
     dataset = IndexedImages(source.train, manifest["train_indices"])
