@@ -79,13 +79,14 @@ class StageRun:
         import mlflow
 
         uri = tracking_uri()
+        default_store = uri != os.environ.get("MLFLOW_TRACKING_URI")  # read before set_tracking_uri sets it
         check_reachable(uri)
         mlflow.set_tracking_uri(uri)
         self.client = mlflow.MlflowClient()
         experiment = self.client.get_experiment_by_name(self.experiment)
         if experiment is None:
             # Artifacts beside the default store, not in ./mlruns of whatever directory ran first.
-            location = None if "MLFLOW_TRACKING_URI" in os.environ else (project_root() / "mlartifacts").as_uri()
+            location = (project_root() / "mlartifacts").as_uri() if default_store else None
             experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
         else:
             experiment_id = experiment.experiment_id

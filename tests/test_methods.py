@@ -68,3 +68,13 @@ def test_nt_xent_ignores_self_similarity_and_uses_extra_negatives():
     expected = -torch.log(torch.exp(torch.tensor(1.0)) / (torch.exp(torch.tensor(1.0)) + 2))
     torch.testing.assert_close(nt_xent(z1, z2, 1.0), expected)
     assert nt_xent(z1, z2, 1.0, extra_negatives=torch.tensor([[1.0, 0.0]])) > expected
+
+
+def test_backbones_give_their_feature_dimension():
+    from duel.backbones import build_backbone
+
+    net, dim = build_backbone("resnet18_cifar", 3)
+    assert dim == 512 and net(torch.randn(2, 3, 32, 32)).shape == (2, 512)
+    assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)  # CIFAR stem, no max-pool
+    net, dim = build_backbone("small_cnn", 1)
+    assert net(torch.randn(2, 1, 8, 8)).shape == (2, dim)

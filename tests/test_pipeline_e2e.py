@@ -96,6 +96,7 @@ def test_every_stage_instance_is_one_mlflow_run_with_its_metrics(study):
     assert all(r.info.status == "FINISHED" for r in runs)
     assert {r.data.tags["stage"] for r in runs} == {"prepare", "pretrain", "probe", "report"}
     assert all(len(r.data.tags["params_hash"]) == 12 for r in runs)
+    assert all(r.info.artifact_uri.startswith((root / "mlartifacts").as_uri()) for r in runs)
 
     probe = by_name["probe@dmoco-10-0"]
     written = json.loads((root / "outputs/probe/dmoco-imb10-s0/metrics.json").read_text())
