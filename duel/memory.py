@@ -24,6 +24,7 @@ from torch import nn
 
 POLICIES = ("fifo", "random", "duel")
 BATCH_MODES = ("greedy", "topk")
+BLOCK = 4096  # most keys scored as one block: a (K, BLOCK) matrix bounds what a push allocates
 
 
 class ActiveMemory(nn.Module):
@@ -105,16 +106,18 @@ class ActiveMemory(nn.Module):
         labels = self._meta(labels, n)
         indices = self._meta(indices, n)
         if self.policy == "duel" and self.batch_mode == "greedy":
-            # Filling empty slots involves no choice, so it is done as one block.
+            # Filling empty slots involves no choice, so it is done in blocks.
             free = min(n, self.size - self.num_filled)
-            if free:
-                self._insert(self._free_slots(free), keys[:free], labels[:free], indices[:free])
+            for start in range(0, free, BLOCK):
+                end = min(start + BLOCK, free)
+                self._insert(self._free_slots(end - start), keys[start:end], labels[start:end], indices[start:end])
             for i in range(free, n):
                 self._replace_most_duplicated(keys[i], labels[i], indices[i])
             return
-        # Block modes never place two keys of one call in the same slot.
-        for start in range(0, n, self.size):
-            chunk = slice(start, start + self.size)
+        # Block modes never place two keys of one block in the same slot.
+        step = min(self.size, BLOCK)
+        for start in range(0, n, step):
+            chunk = slice(start, start + step)
             k = keys[chunk]
             slots = self._duel_slots(len(k)) if self.policy == "duel" else self._plain_slots(len(k))
             self._insert(slots, k, labels[chunk], indices[chunk])

@@ -99,3 +99,15 @@ def test_rejects_unknown_policy_and_batch_mode():
         ActiveMemory(4, 2, policy="lru")
     with pytest.raises(ValueError, match="batch_mode"):
         ActiveMemory(4, 2, batch_mode="all")
+
+
+@pytest.mark.parametrize("batch_mode", ["greedy", "topk"])
+def test_pushes_larger_than_a_block_are_scored_in_blocks(monkeypatch, batch_mode):
+    import duel.memory
+
+    monkeypatch.setattr(duel.memory, "BLOCK", 8)  # (K, 8) matrices at most
+    mem = ActiveMemory(20, 4, policy="duel", batch_mode=batch_mode)
+    mem.push(unit(50, 4), indices=torch.arange(50))
+    assert mem.num_filled == 20
+    torch.testing.assert_close(mem.scores, mem.full_scores(), rtol=1e-4, atol=1e-4)
+    assert len(set(mem.indices.tolist())) == 20
