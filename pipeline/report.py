@@ -143,7 +143,8 @@ def report(params: ParamsOption = PARAMS) -> None:
     axis = "rho" if cfg.prepare.profile == "dominant" else "r"
     worst = max(cfg.sweep.imbalance)  # the most imbalanced setting, for r and rho alike
     seed = cfg.sweep.seeds[0]
-    memory_methods = [m for m in cfg.sweep.methods if runs.loc[runs.method == m, "memory_entropy"].notna().any()]
+    with_memory = set(runs.dropna(subset=["memory_entropy"]).method) if "memory_entropy" in runs else set()
+    memory_methods = [m for m in cfg.sweep.methods if m in with_memory]
     num_classes = len(read_json(manifest_path(worst), f"prepare@{setting(worst)}")["classes"])
 
     figures = REPORTS / "figures"
