@@ -193,7 +193,9 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
         raise ConfigError(key, value, allowed)
 
 
-def validate_imbalance(profile: str, value: float, key: str = "sweep.imbalance") -> None:
+def validate_imbalance(prepare: PrepareConfig, value: float, key: str = "sweep.imbalance") -> None:
+    """r >= 1, or rho_max in (0, 1) for dominant; balanced_matched takes its reference profile's value."""
+    profile = prepare.match_profile if prepare.profile == "balanced_matched" else prepare.profile
     if profile == "dominant":
         _require(0 < value < 1, key, value, "rho_max of the dominant profile must be in (0, 1)")
     else:
@@ -224,9 +226,8 @@ def validate(cfg: StudyConfig) -> None:
     )
     _require(p.n_max >= 1, "prepare.n_max", p.n_max, "must be >= 1")
     _require(p.head_order in ("index", "shuffled"), "prepare.head_order", p.head_order, "index or shuffled")
-    reference = p.match_profile if p.profile == "balanced_matched" else p.profile
     for value in s.imbalance:
-        validate_imbalance(reference, value)
+        validate_imbalance(p, value)
     _require(t.backbone in BACKBONES, "pretrain.backbone", t.backbone, f"known backbones: {', '.join(BACKBONES)}")
     _require(t.epochs > 0, "pretrain.epochs", t.epochs, "must be > 0")
     _require(t.batch_size >= 2, "pretrain.batch_size", t.batch_size, "must be >= 2")

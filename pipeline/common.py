@@ -41,8 +41,7 @@ def setting(value: float) -> str:
 
 
 def check_imbalance(cfg: StudyConfig, imbalance: float) -> None:
-    profile = cfg.prepare.match_profile if cfg.prepare.profile == "balanced_matched" else cfg.prepare.profile
-    validate_imbalance(profile, imbalance, key="--imbalance")
+    validate_imbalance(cfg.prepare, imbalance, key="--imbalance")
 
 
 def check_method(method: str) -> None:
