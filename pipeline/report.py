@@ -12,6 +12,7 @@ import torch
 
 from duel.config import StudyConfig, to_dict
 from duel.eval.tsne import tsne_embed
+from duel.memory import ActiveMemory
 from duel.utils import atomic_path, write_json
 from pipeline.common import (
     PARAMS,
@@ -119,18 +120,19 @@ def scatter_grid(panels: dict[str, tuple[np.ndarray, np.ndarray]], classes: int,
     save_figure(fig, path)
 
 
-def load_memory(method: str, imbalance: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    state = torch.load(pretrain_dir(method, imbalance, seed) / "memory.pt", weights_only=False)["state_dict"]
-    filled = int(state["filled"])
-    return state["keys"][:filled].numpy(), state["labels"][:filled].numpy()
+def load_memory(method: str, imbalance: float, seed: int) -> ActiveMemory:
+    """The final memory of a pretrain run, restored into an ActiveMemory."""
+    saved = torch.load(pretrain_dir(method, imbalance, seed) / "memory.pt", weights_only=False)
+    memory = ActiveMemory(*saved["state_dict"]["keys"].shape, policy=saved["policy"])
+    memory.load_state_dict(saved["state_dict"])
+    return memory
 
 
-def plot_memory_histograms(memories: dict[str, np.ndarray], classes: int, title: str, path: Path) -> None:
+def plot_memory_histograms(memories: dict[str, ActiveMemory], classes: int, title: str, path: Path) -> None:
     fig, ax = plt.subplots(figsize=(6, 3.5))
     width = 0.8 / max(len(memories), 1)
-    for i, (name, labels) in enumerate(memories.items()):
-        counts = np.bincount(labels[labels >= 0], minlength=classes)
-        ax.bar(np.arange(classes) + i * width, counts, width, label=name)
+    for i, (name, memory) in enumerate(memories.items()):
+        ax.bar(np.arange(classes) + i * width, memory.class_histogram(classes).numpy(), width, label=name)
     ax.set(xlabel="class (LT order: head first for head_order=index)", ylabel="keys in final memory", title=title)
     ax.legend()
     save_figure(fig, path)
@@ -179,10 +181,14 @@ def report(params: ParamsOption = PARAMS) -> None:
     shown = [m for m in ("moco", "dmoco") if m in memory_methods] or memory_methods
     if shown:
         memories = {m: load_memory(m, worst, seed) for m in shown}
-        maps = {m: tsne_embed(k, lab, rc.tsne_perplexity, rc.tsne_max_points) for m, (k, lab) in memories.items()}
+        maps = {
+            m: tsne_embed(
+                mem.valid_keys().numpy(), mem.labels[: mem.num_filled].numpy(), rc.tsne_perplexity, rc.tsne_max_points
+            )
+            for m, mem in memories.items()
+        }
         scatter_grid(maps, num_classes, f"t-SNE of the final memory ({where})", figures / "tsne_memory.png")
-        histograms = {m: lab for m, (_, lab) in memories.items()}
-        plot_memory_histograms(histograms, num_classes, f"final memory ({where})", figures / "memory_histogram.png")
+        plot_memory_histograms(memories, num_classes, f"final memory ({where})", figures / "memory_histogram.png")
 
     write_json(REPORTS / "summary.json", summary)
     config = {"sweep": to_dict(cfg.sweep), "report": to_dict(cfg.report)}
