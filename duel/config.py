@@ -25,7 +25,9 @@ class ConfigError(DuelError):
         super().__init__(f"params: {key}={value!r} is not allowed: {allowed}")
 
 
-PROFILES = ("exp", "step", "dominant", "balanced", "balanced_matched")
+PROFILES = ("exp", "step", "dominant", "balanced", "balanced_matched", "natural", "file")
+# Profiles whose imbalance value only labels the setting: the LT set is given, not drawn.
+GIVEN_PROFILES = ("natural", "file")
 
 
 @dataclass(frozen=True)
@@ -47,7 +49,13 @@ class TrackingConfig:
 class DataConfig:
     source: str = "digits"
     root: str | None = None  # dataset folder for sources that live on disk
-    image_size: int | None = None  # resize on load; None keeps the native size
+    download: bool = False  # torchvision sources: fetch into root when missing (needs internet)
+    unlabeled: bool = False  # stl10: add the 100k unlabeled images to pretraining
+    image_size: int | None = None  # resize on load (shorter side + centre crop for files); None keeps it
+    lazy: bool = False  # imagefolder: decode images on access (large images) instead of holding them
+    train_list: str | None = None  # imagefolder: `relative/path label` files (ImageNet-LT), relative to root
+    val_list: str | None = None  # an official validation list replaces the carved validation split
+    test_list: str | None = None
     test_fraction: float = 0.25  # only for sources without an official test split
     val_fraction: float = 0.15  # carved per class from the training split before the LT draw
     split_seed: int = 0
@@ -60,6 +68,10 @@ class PrepareConfig:
     head_order: str = "index"  # index | shuffled
     seed: int = 0
     match_profile: str = "exp"  # the LT profile whose total size balanced_matched copies
+    # profile `file`: a .npy of indices into the source's training split (SDCLR/BCL split files);
+    # `{imbalance}` in the path is replaced by the setting, e.g. splits/r{imbalance}_D_i.npy.
+    index_file: str | None = None
+    val_index_file: str | None = None  # a .npy validation split (e.g. SDCLR's valIdxList.npy)
 
 
 @dataclass(frozen=True)
@@ -92,14 +104,24 @@ class PretrainConfig:
     key_momentum: float = 0.99
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
+    max_steps: int | None = None  # stop (and end the cosine schedule) after this many steps
     checkpoint_every: int = 5  # epochs
-    num_workers: int = 0
+    num_workers: int = 0  # DataLoader workers decoding lazy image folders
     device: str = "cpu"
+    precision: str = "fp32"  # fp32 | bf16 (autocast; the memory and its scores stay fp32)
+    channels_last: bool = False
+    compile: bool = False  # torch.compile the backbones
+    data_on_device: bool | None = None  # hold the uint8 training set on the device; null: when CUDA and <= 96 px
 
 
 @dataclass(frozen=True)
 class ProbeConfig:
-    train_set: str = "balanced"  # balanced | lt
+    train_set: str = "balanced"  # balanced | lt | kshot
+    shots: int = 10  # kshot: images per class, drawn from the balanced pool
+    splits: int = 1  # kshot: random draws, reported as mean +- std
+    split_seed: int = 0
+    groups: str = "thirds"  # thirds (of the classes by LT count) | shots (ImageNet-LT thresholds)
+    shot_thresholds: list[int] = field(default_factory=lambda: [20, 100])  # few < 20 <= medium <= 100 < many
     c_grid: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
     knn_k: int = 200
     knn_temperature: float = 0.1
@@ -196,7 +218,9 @@ def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
 def validate_imbalance(prepare: PrepareConfig, value: float, key: str = "sweep.imbalance") -> None:
     """r >= 1, or rho_max in (0, 1) for dominant; balanced_matched takes its reference profile's value."""
     profile = prepare.match_profile if prepare.profile == "balanced_matched" else prepare.profile
-    if profile == "dominant":
+    if profile in GIVEN_PROFILES:
+        _require(value > 0, key, value, f"profile {profile!r} takes the LT set as given; the value only names it")
+    elif profile == "dominant":
         _require(0 < value < 1, key, value, "rho_max of the dominant profile must be in (0, 1)")
     else:
         _require(value >= 1, key, value, f"the imbalance ratio r of profile {profile!r} must be >= 1")
@@ -217,6 +241,12 @@ def validate(cfg: StudyConfig) -> None:
     _require(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "must be in (0, 1)")
     _require(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
     _require(d.image_size is None or d.image_size >= 8, "data.image_size", d.image_size, "null or >= 8")
+    _require(d.source == "digits" or d.root is not None, "data.root", d.root, f"source {d.source} needs a folder")
+    _require(not d.unlabeled or d.source == "stl10", "data.unlabeled", d.unlabeled, "only stl10 has unlabeled images")
+    folder_only = {"lazy": d.lazy, "train_list": d.train_list, "val_list": d.val_list, "test_list": d.test_list}
+    for key, value in folder_only.items():
+        _require(d.source == "imagefolder" or not value, f"data.{key}", value, "only for source imagefolder")
+    _require(not d.lazy or d.image_size is not None, "data.lazy", d.lazy, "lazy loading needs data.image_size")
     _require(p.profile in PROFILES, "prepare.profile", p.profile, f"known profiles: {', '.join(PROFILES)}")
     _require(
         p.match_profile in ("exp", "step", "dominant"),
@@ -225,6 +255,12 @@ def validate(cfg: StudyConfig) -> None:
         "exp, step or dominant",
     )
     _require(p.n_max >= 1, "prepare.n_max", p.n_max, "must be >= 1")
+    _require(
+        (p.profile == "file") == (p.index_file is not None),
+        "prepare.index_file",
+        p.index_file,
+        "set exactly when prepare.profile is file",
+    )
     _require(p.head_order in ("index", "shuffled"), "prepare.head_order", p.head_order, "index or shuffled")
     for value in s.imbalance:
         validate_imbalance(p, value)
@@ -234,6 +270,9 @@ def validate(cfg: StudyConfig) -> None:
     _require(t.lr > 0, "pretrain.lr", t.lr, "must be > 0")
     _require(t.temperature > 0, "pretrain.temperature", t.temperature, "must be > 0")
     _require(0 <= t.key_momentum < 1, "pretrain.key_momentum", t.key_momentum, "must be in [0, 1)")
+    _require(t.max_steps is None or t.max_steps >= 1, "pretrain.max_steps", t.max_steps, "null or >= 1")
+    _require(t.precision in ("fp32", "bf16"), "pretrain.precision", t.precision, "fp32 or bf16")
+    _require(not (d.lazy and t.data_on_device), "pretrain.data_on_device", True, "lazy images stay on the host")
     _require(t.checkpoint_every >= 1, "pretrain.checkpoint_every", t.checkpoint_every, "must be >= 1")
     _require(t.num_workers >= 0, "pretrain.num_workers", t.num_workers, "must be >= 0")
     _require(
@@ -247,7 +286,13 @@ def validate(cfg: StudyConfig) -> None:
     _require(m.temperature > 0, "pretrain.memory.temperature", m.temperature, "must be > 0")
     a = t.augment
     _require(0 < a.crop_min_scale <= 1, "pretrain.augment.crop_min_scale", a.crop_min_scale, "must be in (0, 1]")
-    _require(pr.train_set in ("balanced", "lt"), "probe.train_set", pr.train_set, "balanced or lt")
+    _require(pr.train_set in ("balanced", "lt", "kshot"), "probe.train_set", pr.train_set, "balanced, lt or kshot")
+    _require(pr.shots >= 1, "probe.shots", pr.shots, "must be >= 1")
+    _require(pr.splits >= 1, "probe.splits", pr.splits, "must be >= 1")
+    _require(pr.splits == 1 or pr.train_set == "kshot", "probe.splits", pr.splits, "several splits need kshot")
+    _require(pr.groups in ("thirds", "shots"), "probe.groups", pr.groups, "thirds or shots")
+    lo_hi = pr.shot_thresholds
+    _require(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1], "probe.shot_thresholds", lo_hi, "[few_below, many_above]")
     _require(bool(pr.c_grid) and min(pr.c_grid) > 0, "probe.c_grid", pr.c_grid, "a non-empty list of C > 0")
     _require(pr.knn_k >= 1, "probe.knn_k", pr.knn_k, "must be >= 1")
     _require(pr.knn_temperature > 0, "probe.knn_temperature", pr.knn_temperature, "must be > 0")

@@ -101,6 +101,11 @@ class ActiveMemory(nn.Module):
         indices: torch.Tensor | None = None,
     ) -> None:
         """Insert a batch of keys (normalised here), replacing slots by the policy."""
+        # Scores are updated incrementally over the whole run: keep them in fp32 under bf16 autocast.
+        with torch.autocast(self.keys.device.type, enabled=False):
+            self._push(keys, labels, indices)
+
+    def _push(self, keys: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> None:
         keys = nn.functional.normalize(keys.detach().to(self.keys), dim=1)
         n = keys.shape[0]
         labels = self._meta(labels, n)

@@ -16,10 +16,10 @@ from typing import Any
 
 import torch
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
 from duel.config import DuelError, PretrainConfig, flatten
 from duel.data.augment import to_unit
+from duel.data.datasets import IndexedImages
 from duel.methods import SSLMethod
 from duel.utils import progress, rng_states, save_torch, set_rng_states
 
@@ -28,6 +28,15 @@ StepCallback = Callable[[dict[str, float]], None]
 
 def _cosine(total_steps: int) -> Callable[[int], float]:
     return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+
+
+def _data_on_device(dataset: IndexedImages, cfg: PretrainConfig, device: torch.device) -> bool:
+    """Whether to hold the uint8 training set on the device: by default for small in-memory images on CUDA."""
+    if not dataset.images.in_memory or device.type == "cpu":
+        return False
+    if cfg.data_on_device is not None:
+        return cfg.data_on_device
+    return dataset.images.shape[-1] <= 96
 
 
 def _load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any]:
@@ -44,7 +53,7 @@ def _load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any]:
 
 def pretrain(
     method: SSLMethod,
-    dataset: Dataset,
+    dataset: IndexedImages,
     augment: nn.Module,
     cfg: PretrainConfig,
     *,
@@ -63,24 +72,25 @@ def pretrain(
     device = torch.device(cfg.device)
     method.to(device)
     augment.to(device)
-    order = torch.Generator().manual_seed(seed)
-    loader = DataLoader(
-        dataset,
-        batch_size=cfg.batch_size,
-        shuffle=True,
-        drop_last=True,
-        generator=order,
-        num_workers=cfg.num_workers,
-        pin_memory=device.type == "cuda",
-    )
-    if len(loader) == 0:
+    if cfg.channels_last:
+        method.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        method.compile_backbones()
+    if _data_on_device(dataset, cfg, device):
+        dataset.to(device)
+    steps_per_epoch = len(dataset) // cfg.batch_size
+    if steps_per_epoch == 0:
         raise DuelError(
             f"the training set has {len(dataset)} images, fewer than pretrain.batch_size={cfg.batch_size}; "
             "lower pretrain.batch_size or raise prepare.n_max"
         )
+    total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or cfg.epochs * steps_per_epoch)
     params = [p for p in method.parameters() if p.requires_grad]
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(cfg.epochs * len(loader)))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total_steps))
+    order = torch.Generator().manual_seed(seed)  # the data order, saved in checkpoints
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     start_epoch, history = 0, []
     if resume and checkpoint.exists():
@@ -93,14 +103,19 @@ def pretrain(
         start_epoch, history = state["epoch"], state["history"]
 
     method.train()
-    for epoch in progress(range(start_epoch, cfg.epochs), "pretrain", total=cfg.epochs - start_epoch):
+    epochs = math.ceil(total_steps / steps_per_epoch)
+    for epoch in progress(range(start_epoch, epochs), "pretrain", total=epochs - start_epoch):
         tic = time.perf_counter()
-        for images, labels, indices in loader:
-            images = to_unit(images.to(device, non_blocking=True))
+        perm = torch.randperm(len(dataset), generator=order)
+        for images, labels, indices in dataset.batches(perm, cfg.batch_size, device, cfg.num_workers, drop_last=True):
+            if len(history) == total_steps:
+                break
+            images = to_unit(images)
             with torch.no_grad():
-                view1, view2 = augment(images), augment(images)
+                views = [augment(images).contiguous(memory_format=memory_format) for _ in range(2)]
             lr = scheduler.get_last_lr()[0]
-            loss = method.training_loss(view1, view2, labels.to(device), indices.to(device))
+            with autocast:
+                loss = method.training_loss(*views, labels, indices)
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
@@ -119,7 +134,7 @@ def pretrain(
             history.append(record)
             if on_step is not None:
                 on_step(record)
-        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == cfg.epochs:
+        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == epochs:
             save_torch(
                 checkpoint,
                 {

@@ -12,6 +12,7 @@ import typer
 from duel.config import to_dict
 from duel.data.augment import ssl_augmentation
 from duel.data.datasets import IndexedImages
+from duel.data.sources import SourceData
 from duel.methods import build_method
 from duel.train import pretrain as train
 from duel.utils import atomic_path, save_torch, seed_everything, write_json
@@ -31,6 +32,14 @@ from pipeline.common import (
     setting,
 )
 from pipeline.tracking import StageRun, stage_name
+
+
+def pretraining_set(source: SourceData, train_indices: list[int]) -> IndexedImages:
+    """The LT training subset, plus the source's unlabeled images (indices after the training split)."""
+    if source.unlabeled is None:
+        return IndexedImages(source.train, train_indices)
+    whole = source.train.concat(source.unlabeled)
+    return IndexedImages(whole, [*train_indices, *range(len(source.train), len(whole))])
 
 
 def pretrain(
@@ -59,8 +68,8 @@ def pretrain(
     model = build_method(method, source.channels, cfg.pretrain)
     config["memory_policy"] = model.memory.policy if model.memory is not None else None  # `auto` resolved
     mean, std = source.channel_stats()
-    augment = ssl_augmentation(cfg.pretrain.augment, source.train.images.shape[-1], source.channels, mean, std)
-    dataset = IndexedImages(source.train, manifest["train_indices"])
+    augment = ssl_augmentation(cfg.pretrain.augment, source.image_size, source.channels, mean, std)
+    dataset = pretraining_set(source, manifest["train_indices"])
     checkpoint = CHECKPOINTS / run_id(method, imbalance, seed) / "last.pt"
     name = stage_name("pretrain", method, setting(imbalance), seed)
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+import pandas as pd
 import torch
 
 from duel.backbones import build_backbone
 from duel.config import DuelError, to_dict
 from duel.data.augment import normalizer
 from duel.data.datasets import IndexedImages
+from duel.data.longtail import kshot_subsets
 from duel.eval.features import extract_features
 from duel.eval.groups import group_accuracies
 from duel.eval.knn import knn_predict
@@ -60,22 +62,39 @@ def probe(
     source, manifest = load_data(cfg, imbalance)
     encoder, normalize = load_encoder(pretrain_dir(method, imbalance, seed) / "model.pt")
 
-    train_idx = manifest["balanced_indices"] if pc.train_set == "balanced" else manifest["train_indices"]
-    splits = {
-        "train": IndexedImages(source.train, train_idx),
+    if pc.train_set == "kshot":
+        pool_idx, all_labels = manifest["balanced_indices"], source.train.labels
+        train_sets = kshot_subsets(pool_idx, all_labels, source.classes, pc.shots, pc.splits, pc.split_seed)
+    else:
+        train_sets = [np.asarray(manifest["balanced_indices" if pc.train_set == "balanced" else "train_indices"])]
+    pool = np.unique(np.concatenate(train_sets))  # features of every probe image, extracted once
+    sets = {
+        "pool": IndexedImages(source.train, pool),
         "val": IndexedImages(source.train, manifest["val_indices"]),
-        "test": IndexedImages(source.test, np.arange(len(source.test.labels))),
+        "test": IndexedImages(source.test, np.arange(len(source.test))),
     }
-    feats = {k: extract_features(encoder, normalize, ds, pc.batch_size, pc.device) for k, ds in splits.items()}
-    labels = {k: ds.labels.numpy() for k, ds in splits.items()}
+    workers = cfg.pretrain.num_workers
+    feats = {k: extract_features(encoder, normalize, ds, pc.batch_size, pc.device, workers) for k, ds in sets.items()}
+    labels = {k: ds.labels.numpy() for k, ds in sets.items()}
 
-    result = linear_probe((feats["train"], labels["train"]), (feats["val"], labels["val"]), feats["test"], pc.c_grid)
-    knn = knn_predict(feats["train"], labels["train"], feats["test"], source.num_classes, pc.knn_k, pc.knn_temperature)
+    grouping = {"mode": pc.groups, "thresholds": tuple(pc.shot_thresholds)}
     counts = manifest["class_counts"]
-    metrics = {f"linear_{k}": v for k, v in group_accuracies(labels["test"], result.test_predictions, counts).items()}
-    metrics |= {f"knn_{k}": v for k, v in group_accuracies(labels["test"], knn, counts).items()}
-    metrics |= {"linear_best_c": result.best_c, "linear_val_top1": result.val_accuracy[result.best_c]}
-
+    per_split = []
+    for train_idx in train_sets:
+        rows = np.searchsorted(pool, train_idx)
+        train = (feats["pool"][rows], labels["pool"][rows])
+        result = linear_probe(train, (feats["val"], labels["val"]), feats["test"], pc.c_grid)
+        knn = knn_predict(*train, feats["test"], source.num_classes, pc.knn_k, pc.knn_temperature)
+        linear = group_accuracies(labels["test"], result.test_predictions, counts, **grouping)
+        split = {f"linear_{k}": v for k, v in linear.items()}
+        split |= {f"knn_{k}": v for k, v in group_accuracies(labels["test"], knn, counts, **grouping).items()}
+        split |= {"linear_best_c": result.best_c, "linear_val_top1": result.val_accuracy[result.best_c]}
+        per_split.append(split)
+    table = pd.DataFrame(per_split)
+    metrics = {k: float(v) for k, v in table.mean().items()}  # k-shot: the mean over the random splits
+    metrics["linear_best_c"] = float(table["linear_best_c"].median())
+    if len(table) > 1:
+        metrics |= {f"{k}_split_std": float(table[k].std()) for k in ("linear_top1", "linear_few", "knn_top1")}
     config = {"method": method, "imbalance": imbalance, "seed": seed, "probe": to_dict(pc)}
     name = stage_name("probe", method, setting(imbalance), seed)
     with StageRun("probe", name, config, cfg.tracking.experiment) as run:

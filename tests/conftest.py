@@ -13,7 +13,7 @@ def tiny_source() -> SourceData:
 
     def split(n: int) -> ImageSet:
         labels = np.repeat(np.arange(3), n)
-        return ImageSet(torch.randint(0, 256, (3 * n, 1, 8, 8), dtype=torch.uint8, generator=g), labels)
+        return ImageSet(labels, images=torch.randint(0, 256, (3 * n, 1, 8, 8), dtype=torch.uint8, generator=g))
 
     return SourceData("tiny", ["a", "b", "c"], split(40), split(10))
 

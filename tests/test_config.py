@@ -19,7 +19,7 @@ def test_empty_params_give_the_documented_defaults():
         ({"pretrain": {"epochs": 0}}, "pretrain.epochs=0 is not allowed: must be > 0"),
         ({"pretrain": {"epochs": "ten"}}, "pretrain.epochs='ten' is not allowed: expected int"),
         ({"pretrain": {"lr_typo": 1}}, "pretrain.lr_typo=1 is not allowed: unknown key; allowed: backbone"),
-        ({"probe": {"train_set": "test"}}, "probe.train_set='test' is not allowed: balanced or lt"),
+        ({"probe": {"train_set": "test"}}, "probe.train_set='test' is not allowed: balanced, lt or kshot"),
         ({"pretrain": {"memory": {"policy": "lru"}}}, "pretrain.memory.policy='lru'"),
     ],
 )

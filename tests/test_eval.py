@@ -58,3 +58,12 @@ def test_tsne_subsamples_and_keeps_labels_aligned():
     centre0, centre1 = coords[kept == 0].mean(0), coords[kept == 1].mean(0)
     spread = coords[kept == 0].std(0).max()
     assert np.linalg.norm(centre0 - centre1) > 2 * spread  # the two clusters stay apart
+
+
+def test_shot_groups_use_the_imagenet_lt_thresholds():
+    counts = [500, 101, 100, 20, 19, 5]
+    assert class_groups(counts, "shots", (20, 100)) == {"many": [0, 1], "medium": [2, 3], "few": [4, 5]}
+    y_true = np.array([0, 1, 2, 3])
+    out = group_accuracies(y_true, np.array([0, 1, 0, 3]), [500, 300, 50, 60], "shots", (20, 100))
+    assert out["many"] == 1.0 and out["medium"] == 0.5 and np.isnan(out["few"])
+    assert out["group_std"] == pytest.approx(0.25)  # over the non-empty groups

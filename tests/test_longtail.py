@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from duel.config import DataConfig, PrepareConfig
-from duel.data.longtail import build_manifest, check_manifest, class_counts
+from duel.data.longtail import build_manifest, check_manifest, class_counts, kshot_subsets
 from duel.data.sources import DataError
 
 
@@ -64,3 +64,42 @@ def test_manifest_detects_changed_source(tiny_source):
     tiny_source.train.images[0] += 1
     with pytest.raises(DataError, match="rerun the prepare stage"):
         check_manifest(m, tiny_source)
+
+
+def test_file_profile_imports_an_npy_split_per_setting(tiny_source, tmp_path):
+    """SDCLR/BCL publish LT subsets as .npy indices into the training split."""
+    lt = np.array([0, 1, 2, 3, 4, 5, 40, 41, 80])  # 6 / 2 / 1 images of classes a / b / c
+    np.save(tmp_path / "r100_D_i.npy", lt)
+    cfg = PrepareConfig(profile="file", index_file=str(tmp_path / "r{imbalance}_D_i.npy"))
+    m = build_manifest(tiny_source, DataConfig(val_fraction=0.25), cfg, 100)
+    assert m["train_indices"] == lt.tolist() and m["class_counts"] == [6, 2, 1]
+    assert not set(m["val_indices"]) & set(lt.tolist())
+    assert len(m["val_indices"]) == 30 and set(m["balanced_indices"]) >= set(lt.tolist())
+    with pytest.raises(DataError, match=r"r10_D_i\.npy"):
+        build_manifest(tiny_source, DataConfig(), cfg, 10)
+    np.save(tmp_path / "r1_D_i.npy", np.array([0, 0, 500]))
+    with pytest.raises(DataError, match=r"distinct indices in \[0, 120\)"):
+        build_manifest(tiny_source, DataConfig(), cfg, 1)
+
+
+def test_val_index_file_and_official_val_split_replace_the_carved_one(tiny_source, tmp_path):
+    val = np.array([10, 11, 50, 51, 90, 91])
+    np.save(tmp_path / "val.npy", val)
+    m = build_manifest(tiny_source, DataConfig(), PrepareConfig(n_max=5, val_index_file=str(tmp_path / "val.npy")), 1)
+    assert m["val_indices"] == val.tolist() and not set(m["balanced_indices"]) & set(val.tolist())
+    tiny_source.val_indices = val
+    natural = build_manifest(tiny_source, DataConfig(), PrepareConfig(profile="natural"), 1)
+    assert natural["val_indices"] == val.tolist() and natural["class_counts"] == [38, 38, 38]
+    assert natural["train_indices"] == natural["balanced_indices"]
+
+
+def test_kshot_subsets_are_balanced_seeded_and_differ_between_splits(tiny_source):
+    pool = list(range(0, 120, 2))  # 20 per class
+    draws = kshot_subsets(pool, tiny_source.train.labels, tiny_source.classes, shots=3, splits=4, seed=7)
+    assert len(draws) == 4 and all(np.bincount(tiny_source.train.labels[d]).tolist() == [3, 3, 3] for d in draws)
+    assert all(set(d.tolist()) <= set(pool) for d in draws)
+    assert len({tuple(d) for d in draws}) == 4
+    again = kshot_subsets(pool, tiny_source.train.labels, tiny_source.classes, shots=3, splits=4, seed=7)
+    assert all(np.array_equal(a, b) for a, b in zip(draws, again, strict=True))
+    with pytest.raises(DataError, match=r"probe\.shots=21 but class 'a' has 20 images"):
+        kshot_subsets(pool, tiny_source.train.labels, tiny_source.classes, shots=21, splits=1, seed=0)

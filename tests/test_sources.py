@@ -1,10 +1,14 @@
+import os
+
 import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from duel.config import DataConfig
+from duel.data.datasets import IndexedImages
 from duel.data.sources import DataError, load_source
+from tests.fake_data import write_cifar10, write_cifar100, write_image_list_tree, write_stl10
 
 
 def write_tree(root, split, per_class, size=12, fmt="png"):
@@ -58,3 +62,102 @@ def test_digits_is_embedded_and_split_deterministically():
     assert a.fingerprint() == b.fingerprint()
     assert int(a.train.images.max()) == 255
     assert np.bincount(a.test.labels).min() >= 43  # stratified
+
+
+@pytest.fixture
+def accept_fake_checksums(monkeypatch):
+    """torchvision checks each file's md5 against the official archives; these tiny files only have the format."""
+    import torchvision.datasets.cifar
+    import torchvision.datasets.stl10
+
+    for module in (torchvision.datasets.cifar, torchvision.datasets.stl10):
+        monkeypatch.setattr(module, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+
+
+def test_cifar10_reads_pickled_batches(tmp_path, accept_fake_checksums):
+    x, labels = write_cifar10(tmp_path, per_class=4)
+    src = load_source(DataConfig(source="cifar10", root=str(tmp_path)))
+    assert src.classes == [f"class{c}" for c in range(10)]
+    assert src.train.images.shape == (40, 3, 32, 32) and len(src.test) == 30
+    assert src.train.labels.tolist() == labels.tolist()
+    assert torch.equal(src.train.images, torch.from_numpy(x).permute(0, 3, 1, 2))
+    small = load_source(DataConfig(source="cifar10", root=str(tmp_path), image_size=16))
+    assert small.train.images.shape == (40, 3, 16, 16)
+
+
+def test_cifar100_reads_fine_labels(tmp_path, accept_fake_checksums):
+    write_cifar100(tmp_path, per_class=2)
+    src = load_source(DataConfig(source="cifar100", root=str(tmp_path)))
+    assert src.num_classes == 100 and src.classes[7] == "fine7"
+    assert np.bincount(src.train.labels).tolist() == [2] * 100 and len(src.test) == 200
+
+
+def test_stl10_reads_binaries_and_optional_unlabeled_split(tmp_path, accept_fake_checksums):
+    x = write_stl10(tmp_path, per_class=2, unlabeled=7, size=96)
+    src = load_source(DataConfig(source="stl10", root=str(tmp_path)))
+    assert src.classes[3] == "name3" and src.unlabeled is None
+    assert torch.equal(src.train.images, torch.from_numpy(x).permute(0, 3, 1, 2))  # rows and columns not swapped
+    assert src.train.labels.tolist() == np.tile(np.arange(10), 2).tolist()
+    with_extra = load_source(DataConfig(source="stl10", root=str(tmp_path), unlabeled=True, image_size=32))
+    assert with_extra.unlabeled.images.shape == (7, 3, 32, 32) and set(with_extra.unlabeled.labels) == {-1}
+    assert (
+        with_extra.fingerprint()
+        == load_source(DataConfig(source="stl10", root=str(tmp_path), image_size=32)).fingerprint()
+    )
+
+
+@pytest.mark.parametrize("source", ["cifar10", "cifar100", "stl10"])
+def test_missing_torchvision_dataset_names_the_download_flag(tmp_path, source):
+    with pytest.raises(DataError, match=r"not found or corrupt under .*set data\.download: true"):
+        load_source(DataConfig(source=source, root=str(tmp_path)))
+
+
+@pytest.mark.parametrize("lazy", [False, True])
+def test_imagefolder_list_files_in_the_imagenet_lt_format(tmp_path, lazy):
+    write_image_list_tree(tmp_path, counts=[5, 3, 1], size=40)
+    cfg = DataConfig(
+        source="imagefolder",
+        root=str(tmp_path),
+        image_size=24,
+        lazy=lazy,
+        train_list="ImageNet_LT_train.txt",
+        val_list="ImageNet_LT_val.txt",
+        test_list="ImageNet_LT_test.txt",
+    )
+    src = load_source(cfg)
+    assert src.classes == ["n00000000", "n00000001", "n00000002"]
+    assert len(src.train) == 9 + 6 and src.val_indices.tolist() == list(range(9, 15))
+    assert len(src.test) == 6 and src.train.in_memory is not lazy
+    image = src.train.load(6)  # decoded (lazily or not) to 24 x 24 from a 40 x 34 JPEG
+    assert image.shape == (3, 24, 24) and image.dtype == torch.uint8
+    assert abs(float(image[0].float().mean()) - 20 * src.train.labels[6] - 4.5) < 8  # red encodes the class
+    assert src.fingerprint() == load_source(cfg).fingerprint()
+
+
+def test_lazy_and_in_memory_folders_give_the_same_batches(tmp_path):
+    write_image_list_tree(tmp_path, counts=[4, 4], size=32)
+    base = {"source": "imagefolder", "root": str(tmp_path), "image_size": 16, "train_list": "ImageNet_LT_train.txt"}
+    eager = load_source(DataConfig(**base, test_list="ImageNet_LT_test.txt"))
+    lazy = load_source(DataConfig(**base, test_list="ImageNet_LT_test.txt", lazy=True))
+    order = torch.tensor([5, 0, 7, 2, 1])
+    device = torch.device("cpu")
+    a = list(IndexedImages(eager.train, range(8)).batches(order, 2, device))
+    b = list(IndexedImages(lazy.train, range(8)).batches(order, 2, device, num_workers=2))
+    assert [len(x) for x, _, _ in a] == [2, 2, 1]
+    for (xa, la, ia), (xb, lb, ib) in zip(a, b, strict=True):
+        assert torch.equal(xa, xb) and torch.equal(la, lb) and torch.equal(ia, ib)
+    assert np.allclose(eager.channel_stats(), lazy.channel_stats())
+
+
+def test_list_file_errors_are_one_line(tmp_path):
+    write_image_list_tree(tmp_path, counts=[2, 2], size=16)
+    (tmp_path / "bad.txt").write_text("train/n00000000/train_0000.JPEG\n")
+    with pytest.raises(DataError, match=r"bad\.txt:1 is not a `relative/path label` line"):
+        load_source(DataConfig(source="imagefolder", root=str(tmp_path), train_list="bad.txt"))
+    with pytest.raises(DataError, match=r"list file .*missing\.txt does not exist"):
+        load_source(DataConfig(source="imagefolder", root=str(tmp_path), train_list="missing.txt"))
+    (tmp_path / "gone.txt").write_text("train/n00000000/nothing.JPEG 0\n")
+    with pytest.raises(DataError, match=r"nothing\.JPEG \(listed in gone\.txt\) does not exist"):
+        load_source(
+            DataConfig(source="imagefolder", root=str(tmp_path), train_list="gone.txt", lazy=True, image_size=8)
+        )

@@ -1,3 +1,4 @@
+import math
 from dataclasses import replace
 
 import pytest
@@ -78,3 +79,23 @@ def test_too_small_training_set_is_a_clear_error(tiny_source, tiny_config, tmp_p
             config={},
             checkpoint=tmp_path / "ck.pt",
         )
+
+
+def test_max_steps_stops_early_and_ends_the_cosine_schedule(tiny_source, tiny_config, tmp_path):
+    cfg = replace(tiny_config, pretrain=replace(tiny_config.pretrain, max_steps=4))
+    _, history = run(tiny_source, cfg, tmp_path / "ck.pt")
+    assert [r["step"] for r in history] == [0, 1, 2, 3]
+    assert history[-1]["lr"] == pytest.approx(0.06 * 0.5 * (1 + math.cos(math.pi * 3 / 4)))
+    assert torch.load(tmp_path / "ck.pt", weights_only=False)["epoch"] == 1
+
+
+@pytest.mark.parametrize("compile_backbones", [False, True])
+def test_gpu_options_run_on_cpu_and_keep_the_memory_exact(tiny_source, tiny_config, tmp_path, compile_backbones):
+    """bf16 autocast, channels_last and torch.compile: the same code path a GPU run takes."""
+    fast = replace(tiny_config.pretrain, precision="bf16", channels_last=True, compile=compile_backbones, max_steps=6)
+    method, history = run(tiny_source, replace(tiny_config, pretrain=fast), tmp_path / "ck.pt")
+    assert len(history) == 6 and all(math.isfinite(r["loss"]) for r in history)
+    memory = method.memory
+    assert memory.keys.dtype == torch.float32 and memory.num_filled == 32
+    # Scores are maintained incrementally in fp32 even though the encoder ran under bf16 autocast.
+    assert torch.allclose(memory.scores, memory.full_scores(), atol=1e-4)

@@ -1,12 +1,21 @@
-"""A dataset whose samples carry their index into the source (per-sample policies, diagnostics)."""
+"""Training and evaluation sets whose samples carry their index into the source, and their batches.
+
+In-memory images are gathered by indexing one uint8 tensor, which may live on
+the GPU (no per-sample Python, no host-to-device copy); lazy image folders are
+decoded by DataLoader workers and copied through pinned memory.
+"""
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import numpy as np
 import torch
-from torch.utils.data import Dataset
+from torch.utils.data import DataLoader, Dataset
 
 from duel.data.sources import ImageSet
+
+Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 images, labels, source indices
 
 
 class IndexedImages(Dataset):
@@ -14,12 +23,37 @@ class IndexedImages(Dataset):
 
     def __init__(self, images: ImageSet, indices: np.ndarray | list[int]) -> None:
         indices = np.asarray(indices, dtype=np.int64)
-        self.images = images.images[torch.as_tensor(indices)]
-        self.labels = torch.as_tensor(images.labels[indices])
+        self.images = images.subset(indices)
+        self.labels = torch.as_tensor(self.images.labels)
         self.indices = torch.as_tensor(indices)
 
     def __len__(self) -> int:
         return len(self.indices)
 
-    def __getitem__(self, i: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        return self.images[i], self.labels[i], self.indices[i]
+    def __getitem__(self, i: int) -> Batch:
+        return self.images.load(i), self.labels[i], self.indices[i]
+
+    def to(self, device: torch.device) -> IndexedImages:
+        """Hold the images on `device` (in-memory sets only)."""
+        assert self.images.images is not None, "only in-memory images can move to a device"
+        self.images.images = self.images.images.to(device)
+        return self
+
+    def batches(
+        self, order: torch.Tensor, batch_size: int, device: torch.device, num_workers: int = 0, drop_last: bool = False
+    ) -> Iterator[Batch]:
+        """Batches of the samples at positions `order`, on `device`."""
+        stop = len(order) - len(order) % batch_size if drop_last else len(order)
+        chunks = [order[start : start + batch_size] for start in range(0, stop, batch_size)]
+        pin = device.type == "cuda"
+        if self.images.images is not None:
+            stored = self.images.images
+            for idx in chunks:
+                x = stored[idx.to(stored.device)]
+                if x.device != device:
+                    x = (x.pin_memory() if pin else x).to(device, non_blocking=True)
+                yield x, self.labels[idx].to(device), self.indices[idx].to(device)
+            return
+        loader = DataLoader(self, batch_sampler=[c.tolist() for c in chunks], num_workers=num_workers, pin_memory=pin)
+        for x, labels, indices in loader:
+            yield x.to(device, non_blocking=True), labels.to(device), indices.to(device)

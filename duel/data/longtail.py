@@ -8,11 +8,12 @@ pool left after it, and the long-tailed subset drawn from that pool.
 from __future__ import annotations
 
 import math
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from duel.config import DataConfig, PrepareConfig
+from duel.config import GIVEN_PROFILES, DataConfig, PrepareConfig
 from duel.data.sources import DataError, SourceData
 
 
@@ -35,37 +36,70 @@ def class_counts(profile: str, n_max: int, num_classes: int, imbalance: float, m
     raise ValueError(f"unknown profile {profile!r}")
 
 
+def _load_indices(template: str, imbalance: float, n: int, key: str) -> np.ndarray:
+    """A .npy of indices into the training split; `{imbalance}` in the path names the setting."""
+    path = Path(template.replace("{imbalance}", f"{imbalance:g}")).expanduser()
+    try:
+        idx = np.load(path, allow_pickle=False).astype(np.int64).ravel()
+    except (OSError, ValueError) as exc:
+        raise DataError(f"{key}: cannot read {path} ({exc}); point it at a .npy of training-split indices") from exc
+    if len(idx) == 0 or idx.min() < 0 or idx.max() >= n or len(np.unique(idx)) != len(idx):
+        raise DataError(f"{key}: {path} must hold distinct indices in [0, {n}) of the source's training split")
+    return np.sort(idx)
+
+
 def build_manifest(source: SourceData, data: DataConfig, cfg: PrepareConfig, imbalance: float) -> dict[str, Any]:
     rng = np.random.default_rng(cfg.seed)
     labels = source.train.labels
+    n = len(labels)
+    given = _load_indices(cfg.index_file, imbalance, n, "prepare.index_file") if cfg.profile == "file" else None
+    fixed_val = source.val_indices
+    if cfg.val_index_file is not None:
+        fixed_val = _load_indices(cfg.val_index_file, imbalance, n, "prepare.val_index_file")
+    if fixed_val is not None and given is not None and np.intersect1d(fixed_val, given).size:
+        raise DataError("the validation indices overlap prepare.index_file; use disjoint split files")
+
     val, pool = [], []
     for c in range(source.num_classes):
-        idx = rng.permutation(np.flatnonzero(labels == c))
-        n_val = round(len(idx) * data.val_fraction)
+        members = np.flatnonzero(labels == c)
+        if fixed_val is not None:
+            val.append(np.intersect1d(members, fixed_val))
+            pool.append(np.setdiff1d(members, fixed_val))
+            continue
+        # Carved per class before any LT draw (a given LT set is kept out of it).
+        idx = rng.permutation(members if given is None else np.setdiff1d(members, given))
+        n_val = min(round(len(members) * data.val_fraction), len(idx))
         val.append(idx[:n_val])
-        pool.append(idx[n_val:])
+        pool.append(idx[n_val:] if given is None else np.union1d(idx[n_val:], np.intersect1d(members, given)))
 
-    counts = class_counts(cfg.profile, cfg.n_max, source.num_classes, imbalance, cfg.match_profile)
     order = np.arange(source.num_classes)
-    if cfg.head_order == "shuffled":
-        order = rng.permutation(source.num_classes)
-    per_class = [0] * source.num_classes
-    for rank, c in enumerate(order):
-        per_class[int(c)] = counts[rank]
-
-    lt = []
-    for c, n in enumerate(per_class):
-        if n > len(pool[c]):
+    if cfg.profile in GIVEN_PROFILES:
+        lt = [np.intersect1d(p, given) if given is not None else np.sort(p) for p in pool]
+        per_class = [len(x) for x in lt]
+    else:
+        counts = class_counts(cfg.profile, cfg.n_max, source.num_classes, imbalance, cfg.match_profile)
+        if cfg.head_order == "shuffled":
+            order = rng.permutation(source.num_classes)
+        per_class = [0] * source.num_classes
+        for rank, c in enumerate(order):
+            per_class[int(c)] = counts[rank]
+        lt = []
+        for c, k in enumerate(per_class):
+            if k > len(pool[c]):
+                raise DataError(
+                    f"prepare.n_max={cfg.n_max} asks for {k} images of class {source.classes[c]!r} but only "
+                    f"{len(pool[c])} remain after the validation split; lower prepare.n_max"
+                )
+            lt.append(np.sort(pool[c][:k]))
+    for c, k in enumerate(per_class):
+        if k < 1:
             raise DataError(
-                f"prepare.n_max={cfg.n_max} asks for {n} images of class {source.classes[c]!r} but only "
-                f"{len(pool[c])} remain after the validation split; lower prepare.n_max"
+                f"class {source.classes[c]!r} gets 0 images at imbalance {imbalance:g}; raise prepare.n_max, "
+                "lower the imbalance or fix the split file"
             )
-        if n < 1:
-            raise DataError(
-                f"class {source.classes[c]!r} gets 0 images at imbalance {imbalance:g}; raise prepare.n_max "
-                "or lower the imbalance"
-            )
-        lt.append(np.sort(pool[c][:n]))
+    if not all(len(v) for v in val):
+        empty = source.classes[next(c for c, v in enumerate(val) if not len(v))]
+        raise DataError(f"class {empty!r} has no validation image; raise data.val_fraction or fix the split file")
 
     return {
         "source": source.name,
@@ -88,3 +122,21 @@ def build_manifest(source: SourceData, data: DataConfig, cfg: PrepareConfig, imb
 def check_manifest(manifest: dict[str, Any], source: SourceData) -> None:
     if manifest["source_fingerprint"] != source.fingerprint():
         raise DataError(f"the {source.name} data differ from those the manifest was built on; rerun the prepare stage")
+
+
+def kshot_subsets(
+    pool: list[int], labels: np.ndarray, classes: list[str], shots: int, splits: int, seed: int
+) -> list[np.ndarray]:
+    """`splits` seeded draws of `shots` images per class from the balanced pool (k-shot probe sets)."""
+    pool_arr = np.asarray(pool, dtype=np.int64)
+    by_class = [pool_arr[labels[pool_arr] == c] for c in range(len(classes))]
+    for name, members in zip(classes, by_class, strict=True):
+        if len(members) < shots:
+            raise DataError(
+                f"probe.shots={shots} but class {name!r} has {len(members)} images in the pool; lower probe.shots"
+            )
+    draws = []
+    for split in range(splits):
+        rng = np.random.default_rng([seed, split])
+        draws.append(np.sort(np.concatenate([rng.choice(m, shots, replace=False) for m in by_class])))
+    return draws

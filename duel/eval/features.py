@@ -5,7 +5,6 @@ from __future__ import annotations
 import numpy as np
 import torch
 from torch import nn
-from torch.utils.data import DataLoader
 
 from duel.data.augment import to_unit
 from duel.data.datasets import IndexedImages
@@ -13,10 +12,17 @@ from duel.data.datasets import IndexedImages
 
 @torch.no_grad()
 def extract_features(
-    encoder: nn.Module, normalize: nn.Module, dataset: IndexedImages, batch_size: int, device: str
+    encoder: nn.Module,
+    normalize: nn.Module,
+    dataset: IndexedImages,
+    batch_size: int,
+    device: str,
+    num_workers: int = 0,
 ) -> np.ndarray:
-    encoder.eval().to(device)
-    normalize.to(device)
-    loader = DataLoader(dataset, batch_size=batch_size, shuffle=False)
-    feats = [encoder(normalize(to_unit(x.to(device)))).float().cpu() for x, _, _ in loader]
+    dev = torch.device(device)
+    encoder.eval().to(dev)
+    normalize.to(dev)
+    order = torch.arange(len(dataset))
+    batches = dataset.batches(order, batch_size, dev, num_workers)
+    feats = [encoder(normalize(to_unit(x))).float().cpu() for x, _, _ in batches]
     return torch.cat(feats).numpy()

@@ -48,6 +48,13 @@ class SSLMethod(nn.Module):
         """(online, target) modules whose target follows the online one by EMA."""
         return []
 
+    def compile_backbones(self) -> None:
+        """torch.compile every backbone in place (state_dict keys are unchanged)."""
+        self.backbone.compile()
+        for online, target in self.momentum_pairs():
+            if online is self.backbone:
+                target.compile()
+
     @torch.no_grad()
     def momentum_update(self) -> None:
         m = self.cfg.key_momentum
