@@ -22,20 +22,29 @@ def small_cnn(in_channels: int) -> nn.Module:
     )
 
 
-def resnet18_cifar(in_channels: int) -> nn.Module:
-    """torchvision ResNet-18 with the CIFAR stem (3x3 conv, stride 1, no max-pool): 512-d features."""
-    import torchvision  # lazily: it pulls in torch._dynamo, 1.5 s on every stage start
+def _resnet(arch: str, cifar_stem: bool) -> Callable[[int], nn.Module]:
+    def build(in_channels: int) -> nn.Module:
+        import torchvision  # lazily: it pulls in torch._dynamo, 1.5 s on every stage start
 
-    net = torchvision.models.resnet18()
-    net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
-    net.maxpool = nn.Identity()
-    net.fc = nn.Identity()
-    return net
+        net = getattr(torchvision.models, arch)()
+        if cifar_stem:  # 3x3 conv, stride 1, no max-pool: small images keep their resolution
+            net.conv1 = nn.Conv2d(in_channels, 64, 3, 1, 1, bias=False)
+            net.maxpool = nn.Identity()
+        elif in_channels != 3:
+            net.conv1 = nn.Conv2d(in_channels, 64, 7, 2, 3, bias=False)
+        net.fc = nn.Identity()
+        return net
+
+    stem = "the CIFAR stem (3x3 conv, stride 1, no max-pool)" if cifar_stem else "the ImageNet stem"
+    build.__doc__ = f"torchvision {arch} with {stem}, no classifier."
+    return build
 
 
 BACKBONES: dict[str, tuple[Callable[[int], nn.Module], int]] = {
     "small_cnn": (small_cnn, 128),
-    "resnet18_cifar": (resnet18_cifar, 512),
+    "resnet18_cifar": (_resnet("resnet18", cifar_stem=True), 512),  # CIFAR, 32 px
+    "resnet18": (_resnet("resnet18", cifar_stem=False), 512),  # STL-10, 96 px
+    "resnet50": (_resnet("resnet50", cifar_stem=False), 2048),  # ImageNet-LT, 224 px
 }
 
 

@@ -12,17 +12,18 @@ from duel.config import DuelError
 from pipeline.tracking import StageKilled
 
 STAGES = ("prepare", "pretrain", "probe", "report")
+COMMANDS = {**{stage: f"pipeline.{stage}" for stage in STAGES}, "use-profile": "pipeline.profiles"}
 
 
 def build_app(only: str | None = None) -> typer.Typer:
-    """The app with every stage, or just `only`: a stage run then skips the other stages'
+    """The app with every command, or just `only`: a stage run then skips the other stages'
     imports (matplotlib, scikit-learn's estimators), about a second off each of the study's many stage starts."""
     app = typer.Typer(add_completion=False, pretty_exceptions_enable=False, no_args_is_help=True)
     # A callback keeps the stage name a sub-command even when only one stage is registered.
     app.callback()(lambda: None)
-    for stage in STAGES:
-        if only in (None, stage):
-            app.command()(getattr(importlib.import_module(f"pipeline.{stage}"), stage))
+    for command, module in COMMANDS.items():
+        if only in (None, command):
+            app.command(command)(getattr(importlib.import_module(module), command.replace("-", "_")))
     return app
 
 
@@ -34,7 +35,7 @@ def _terminate(signum: int, frame: object) -> None:
 
 def main() -> None:
     previous = {signum: signal.signal(signum, _terminate) for signum in (signal.SIGTERM, signal.SIGINT)}
-    only = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in STAGES else None
+    only = sys.argv[1] if len(sys.argv) > 1 and sys.argv[1] in COMMANDS else None
     try:
         build_app(only)()
     except DuelError as exc:

@@ -51,14 +51,18 @@ def collect(cfg: StudyConfig) -> pd.DataFrame:
 
 
 def paper_table(runs: pd.DataFrame, cfg: StudyConfig, column: str, scale: float, decimals: int) -> pd.DataFrame:
-    """Rows methods, columns imbalance settings, cells 'mean ± std' over seeds (just the mean for one seed)."""
+    """Rows methods, columns imbalance settings, cells 'mean ± std' over seeds (one seed: ± the std over
+    k-shot splits where there are several, else just the value)."""
     table = pd.DataFrame(index=cfg.sweep.methods, columns=[setting(v) for v in cfg.sweep.imbalance], dtype=object)
     if column not in runs:
         return table.fillna("-")
     for (method, imbalance), group in runs.groupby(["method", "imbalance"]):
         values = group[column].dropna() * scale
+        split_std = f"{column}_split_std"  # k-shot probes: the std over random splits of one run
         if values.empty:
             cell = "-"
+        elif len(values) == 1 and split_std in group and group[split_std].notna().all():
+            cell = f"{values.mean():.{decimals}f} ± {group[split_std].iloc[0] * scale:.{decimals}f}"
         elif len(values) == 1:
             cell = f"{values.mean():.{decimals}f}"
         else:

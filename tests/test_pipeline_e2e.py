@@ -1,12 +1,7 @@
 """`dvc repro` of a tiny study in a temporary git copy of the project: tables, MLflow runs, reruns, notebook."""
 
 import json
-import os
 import re
-import shutil
-import subprocess
-import sys
-from pathlib import Path
 
 import mlflow
 import nbclient
@@ -15,7 +10,8 @@ import pandas as pd
 import pytest
 import yaml
 
-ROOT = Path(__file__).resolve().parents[1]
+from tests.project_copy import commit_all, copy_project, dvc
+
 TINY = {
     "sweep": {"methods": ["moco", "dmoco"], "imbalance": [1, 10], "seeds": [0]},
     "tracking": {"experiment": "e2e"},
@@ -26,16 +22,6 @@ TINY = {
 }
 
 
-def sh(args, cwd, env):
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
-    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
-    return proc.stdout + proc.stderr
-
-
-def dvc(cwd, env, *args):
-    return sh([sys.executable, "-m", "dvc", *args], cwd, env)
-
-
 def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
@@ -43,23 +29,14 @@ def ran_stages(output: str) -> set[str]:
 @pytest.fixture(scope="module")
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
-    tracked = sh(["git", "ls-files", "-co", "--exclude-standard"], ROOT, os.environ).split("\n")
-    for rel in filter(None, tracked):
-        if rel == "dvc.lock" or rel.startswith(("outputs/", "reports/")) or not (ROOT / rel).is_file():
-            continue
-        (root / rel).parent.mkdir(parents=True, exist_ok=True)
-        shutil.copy2(ROOT / rel, root / rel)
+    env = copy_project(root)
     params = yaml.safe_load((root / "params.yaml").read_text())
     for section, values in TINY.items():
         for key, value in values.items():
             params[section][key] = {**params[section][key], **value} if isinstance(value, dict) else value
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
 
-    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
-    env |= {"PATH": f"{Path(sys.executable).parent}:{env['PATH']}", "PYTHONPATH": str(root)}
-    for cmd in (["git", "init", "-q"], ["git", "add", "-A"]):
-        sh(cmd, root, env)
-    sh(["git", "-c", "user.name=t", "-c", "user.email=t@t", "commit", "-qm", "tiny study"], root, env)
+    commit_all(root, env, "tiny study")
     output = dvc(root, env, "repro")
     return root, env, output
 

@@ -1,0 +1,131 @@
+"""`python -m pipeline use-profile <name>`: make a versioned profile from params/ the study's params.yaml.
+
+`--set key=value` overrides single keys (e.g. data.root); `--smoke` shrinks the
+profile to a CPU run of a few steps on the same code path (CI runs every
+profile this way on tiny data in the real formats). Comments in the profile,
+where its hyper-parameters are sourced, are kept.
+"""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+from typing import Annotated, Any
+
+import typer
+import yaml
+from ruamel.yaml import YAML
+from ruamel.yaml.comments import CommentedSeq
+
+from duel.config import GIVEN_PROFILES, DuelError, parse_config
+from duel.data.longtail import class_counts
+from duel.utils import atomic_path
+from pipeline.common import PARAMS
+
+PROFILES = Path("params")
+# Classes of the sources whose class count is known before loading (smoke n_max).
+KNOWN_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "stl10": 10}
+
+
+def smallest_n_max(values: dict[str, Any]) -> int | None:
+    """The smallest head-class size that leaves every class >= 1 image in every setting of the sweep."""
+    data, prepare = values["data"], values.get("prepare", {})
+    profile = prepare.get("profile", "exp")
+    classes = KNOWN_CLASSES.get(data["source"])
+    if classes is None or profile in GIVEN_PROFILES:
+        return None
+    match = prepare.get("match_profile", "exp")
+    for n in range(1, 100_000):
+        if all(min(class_counts(profile, n, classes, r, match)) >= 1 for r in values["sweep"]["imbalance"]):
+            return n
+    raise DuelError("no head-class size gives every class an image; check sweep.imbalance")
+
+
+def smoke_overrides(values: dict[str, Any]) -> dict[str, Any]:
+    """A few CPU steps through every stage of the profile: its source, backbone, profile and protocol."""
+    sweep = values["sweep"]
+    out = {
+        "sweep.methods": sweep["methods"][:2],
+        "sweep.imbalance": sweep["imbalance"][-1:],  # the most imbalanced setting
+        "sweep.seeds": sweep["seeds"][:1],
+        "tracking.experiment": f"{values['tracking']['experiment']}-smoke",
+        "data.image_size": 16,
+        "data.download": False,
+        "pretrain.epochs": 1,
+        "pretrain.max_steps": 2,
+        "pretrain.batch_size": 8,
+        "pretrain.memory.size": 32,
+        "pretrain.checkpoint_every": 1,
+        "pretrain.num_workers": 0,
+        "pretrain.device": "cpu",
+        "pretrain.precision": "fp32",
+        "pretrain.compile": False,
+        "probe.device": "cpu",
+        "probe.batch_size": 64,
+        "probe.train_set": "kshot",
+        "probe.shots": 2,
+        "probe.splits": 2,
+        "probe.c_grid": [1.0],
+        "probe.knn_k": 10,
+        "report.tsne_max_points": 100,
+    }
+    n_max = smallest_n_max({**values, "sweep": {**sweep, "imbalance": out["sweep.imbalance"]}})
+    if n_max is not None:
+        out["prepare.n_max"] = n_max
+    return out
+
+
+def _set(doc: dict[str, Any], dotted: str, value: Any) -> None:
+    *parents, leaf = dotted.split(".")
+    for key in parents:
+        if not isinstance(doc.get(key), dict):
+            raise DuelError(f"--set {dotted}: {key!r} is not a section of the profile")
+        doc = doc[key]
+    if isinstance(value, list):  # written [a, b] like the profiles' own lists
+        value = CommentedSeq(value)
+        value.fa.set_flow_style()
+    doc[leaf] = value
+
+
+def _plain(doc: Any) -> Any:
+    """ruamel's commented mappings as plain Python values, for validation."""
+    return yaml.safe_load(io.StringIO(_dump(doc)))
+
+
+def _dump(doc: Any) -> str:
+    writer = YAML()
+    writer.representer.add_representer(type(None), lambda r, _: r.represent_scalar("tag:yaml.org,2002:null", "null"))
+    stream = io.StringIO()
+    writer.dump(doc, stream)
+    return stream.getvalue()
+
+
+def use_profile(
+    name: Annotated[str, typer.Argument(help="a file in params/ without .yaml (digits, cifar10_exp, ...)")],
+    smoke: Annotated[bool, typer.Option(help="shrink to a few CPU steps (what CI runs)")] = False,
+    set_values: Annotated[
+        list[str] | None, typer.Option("--set", help="override one key, e.g. --set data.root=/data/cifar")
+    ] = None,
+    output: Annotated[Path, typer.Option(help="the params file to write")] = PARAMS,
+) -> None:
+    """Write params/<name>.yaml (with overrides) to params.yaml, validated; then run `dvc repro`."""
+    source = PROFILES / f"{name}.yaml"
+    if not source.is_file():
+        known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
+        raise DuelError(f"unknown profile {name!r}; known profiles: {known}")
+    doc = YAML().load(source)
+    for item in set_values or []:
+        key, sep, raw = item.partition("=")
+        if not sep:
+            raise DuelError(f"--set {item!r} is not key=value; e.g. --set data.root=/data/cifar")
+        _set(doc, key.strip(), yaml.safe_load(raw))
+    if smoke:
+        for key, value in smoke_overrides(_plain(doc)).items():
+            _set(doc, key, value)
+    parse_config(_plain(doc))  # a bad profile or override fails here, before params.yaml changes
+
+    flags = "".join([" --smoke" if smoke else "", *(f" --set {s}" for s in set_values or [])])
+    header = f"# Written by `python -m pipeline use-profile {name}{flags}` from {source}; edit that file instead.\n"
+    with atomic_path(output) as tmp:
+        tmp.write_text(header + _dump(doc))
+    print(f"{output} <- {source}{' (smoke)' if smoke else ''}; now run `dvc repro`")

@@ -1,0 +1,113 @@
+"""The versioned paper profiles: applied with one command, and each run end to end (`--smoke`) by `dvc repro`
+on tiny data written in its source's real on-disk format."""
+
+import json
+import sys
+
+import pandas as pd
+import pytest
+import yaml
+
+from duel.config import ConfigError, parse_config
+from pipeline.profiles import smallest_n_max
+from tests.fake_data import write_cifar10, write_cifar100, write_image_list_tree, write_stl10
+from tests.project_copy import ROOT, commit_all, copy_project, dvc, sh
+
+PAPER_PROFILES = ["cifar10_dominant", "cifar10_exp", "cifar100_lt", "stl10", "imagenet_lt"]
+
+
+def use_profile(cwd, env, *args):
+    return sh([sys.executable, "-m", "pipeline", "use-profile", *args], cwd, env)
+
+
+def test_every_profile_is_valid_and_params_yaml_is_the_digits_profile():
+    for path in (ROOT / "params").glob("*.yaml"):
+        parse_config(yaml.safe_load(path.read_text()))
+    assert {p.stem for p in (ROOT / "params").glob("*.yaml")} == {"digits", *PAPER_PROFILES}
+    assert (ROOT / "params.yaml").read_text() == (ROOT / "params" / "digits.yaml").read_text()
+
+
+def test_use_profile_applies_overrides_keeps_comments_and_refuses_bad_values(tmp_path):
+    env = copy_project(tmp_path)
+    out = use_profile(tmp_path, env, "cifar10_exp", "--set", "data.root=/data/c10", "--set", "sweep.seeds=[4]")
+    assert "params.yaml <- params/cifar10_exp.yaml" in out
+    text = (tmp_path / "params.yaml").read_text()
+    assert "[SDCLR]" in text and text.startswith("# Written by `python -m pipeline use-profile cifar10_exp")
+    values = yaml.safe_load(text)
+    assert values["data"]["root"] == "/data/c10" and values["sweep"]["seeds"] == [4]
+    assert values["pretrain"]["epochs"] == 200
+
+    before = (tmp_path / "params.yaml").read_text()
+    for args, message in [
+        (["nope"], "unknown profile 'nope'; known profiles: cifar100_lt"),
+        (["stl10", "--set", "pretrain.batch_size=1"], "pretrain.batch_size=1 is not allowed"),
+        (["stl10", "--set", "nosuch.key=1"], "'nosuch' is not a section"),
+        (["stl10", "--set", "epochs"], "is not key=value"),
+    ]:
+        proc = __import__("subprocess").run(
+            [sys.executable, "-m", "pipeline", "use-profile", *args],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+        )
+        assert proc.returncode == 2 and message in proc.stderr and len(proc.stderr.strip().splitlines()) == 1
+    assert (tmp_path / "params.yaml").read_text() == before  # nothing half-applied
+
+
+def test_smoke_n_max_is_the_smallest_that_keeps_every_class():
+    values = {"data": {"source": "cifar10"}, "prepare": {"profile": "exp"}, "sweep": {"imbalance": [100]}}
+    assert smallest_n_max(values) == 100
+    values["prepare"]["profile"] = "dominant"
+    values["sweep"]["imbalance"] = [0.9]
+    assert smallest_n_max(values) == 82  # floor(82 * 0.1 / (0.9 * 9)) = 1
+    values["prepare"]["profile"] = "natural"
+    assert smallest_n_max(values) is None
+    with pytest.raises(ConfigError):
+        parse_config({"prepare": {"profile": "file"}})  # file needs prepare.index_file
+
+
+def write_source(profile, data):
+    if profile.startswith("cifar10_"):
+        write_cifar10(data, per_class=115)
+    elif profile == "cifar100_lt":
+        write_cifar100(data, per_class=115)
+    elif profile == "stl10":
+        write_stl10(data, per_class=15)
+    else:
+        write_image_list_tree(data, counts=[9, 5, 3], size=40)
+
+
+# The stage processes check each file's md5 against torchvision's record of the official archives;
+# the tiny files here only have the format. Python imports sitecustomize at start-up from PYTHONPATH.
+ACCEPT_FAKE_CHECKSUMS = """
+import os
+import torchvision.datasets.cifar, torchvision.datasets.stl10
+for module in (torchvision.datasets.cifar, torchvision.datasets.stl10):
+    module.check_integrity = lambda path, md5=None: os.path.isfile(path)
+"""
+
+
+@pytest.mark.parametrize("profile", PAPER_PROFILES)
+def test_paper_profile_smoke_run_through_dvc_repro(tmp_path, profile):
+    root, data, hooks = tmp_path / "project", tmp_path / "data", tmp_path / "hooks"
+    root.mkdir()
+    hooks.mkdir()
+    env = copy_project(root)
+    write_source(profile, data)
+    if profile != "imagenet_lt":  # a list-file image folder has no checksums
+        (hooks / "sitecustomize.py").write_text(ACCEPT_FAKE_CHECKSUMS)
+        env["PYTHONPATH"] += f":{hooks}"
+    use_profile(root, env, profile, "--smoke", "--set", f"data.root={data}")
+    commit_all(root, env, f"{profile} smoke")
+    dvc(root, env, "repro")
+
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    setting = f"{params['sweep']['imbalance'][0]:g}"
+    for method in ("moco", "dmoco"):
+        pre = json.loads((root / f"outputs/pretrain/{method}-imb{setting}-s0/metrics.json").read_text())
+        probe = json.loads((root / f"outputs/probe/{method}-imb{setting}-s0/metrics.json").read_text())
+        assert 1 <= pre["steps"] <= 2 and 0 <= pre["memory_entropy"] <= 1
+        assert 0 <= probe["linear_top1"] <= 1 and "linear_top1_split_std" in probe  # two k-shot splits
+    table = pd.read_csv(root / "reports/linear_top1.csv", index_col="method")
+    assert list(table.index) == ["moco", "dmoco"] and list(table.columns) == [setting]
