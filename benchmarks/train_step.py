@@ -1,58 +1,106 @@
-"""Images/s of one pretraining step per method, as ratios to moco in the same process
-(issue: paper-scale studies, benchmark 2).
+"""Images/s of one pretraining step per method, as ratios to moco in the same process, and lightly's
+MoCo as a peer (issue: paper-scale studies, benchmark 2).
 
     python benchmarks/train_step.py [--backbone resnet18_cifar] [--batch 256] [--size 32] [--memory 4096]
+                                    [--batch-mode topk] [--precision bf16] [--channels-last] [--compile]
 
-A step is what `duel.train.pretrain` does per batch: two augmented views on the device,
-the method's loss (memory negatives and push included), backward, SGD step. Inputs are
-random uint8 images, memories start full; the median over `--steps` timed steps follows
-`--warmup` untimed ones.
-lightly's MoCo as a peer is not included yet.
+Each method runs `duel.train.training_step`, the step `pretrain` runs: two kornia views of a
+uint8 batch held on the device, the loss with memory negatives and push, backward, SGD. The
+peer is lightly's MoCo (`pip install lightly==1.6.0`, not a project dependency) written as its
+examples do (MoCoProjectionHead, NTXentLoss with a memory bank, update_momentum), symmetrised
+like ours, with the same backbone, views, batch and K. Memories start full, so every timed
+push evicts; the median over `--steps` timed steps follows `--warmup` untimed ones.
 """
 
 from __future__ import annotations
 
 import argparse
+import copy
 import statistics
 import time
+from collections.abc import Callable
 from dataclasses import replace
 
 import torch
+from torch import nn
 
+from duel.backbones import build_backbone
 from duel.config import PretrainConfig
 from duel.data.augment import ssl_augmentation, to_unit
 from duel.methods import METHODS, build_method
+from duel.train import training_step
 
 
-def sync(device: str) -> None:
-    if device.startswith("cuda"):
+def sync(device: torch.device) -> None:
+    if device.type == "cuda":
         torch.cuda.synchronize()
 
 
-def step_seconds(name: str, cfg: PretrainConfig, args: argparse.Namespace) -> float:
-    torch.manual_seed(0)
-    method = build_method(name, 3, cfg).to(args.device).train()
-    augment = ssl_augmentation(cfg.augment, args.size, 3, [0.5] * 3, [0.25] * 3).to(args.device)
-    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    images = torch.randint(0, 256, (args.batch, 3, args.size, args.size), dtype=torch.uint8)
-    labels, indices = torch.zeros(args.batch, dtype=torch.long), torch.arange(args.batch)
-    if method.memory is not None:  # full from the start: every timed push evicts, as in training
-        method.memory.push(torch.randn(method.memory.size, method.memory.dim, device=args.device))
+def median_seconds(step: Callable[[], torch.Tensor], device: torch.device, warmup: int, steps: int) -> float:
     times = []
-    for i in range(args.warmup + args.steps):
-        sync(args.device)
+    for i in range(warmup + steps):
+        sync(device)
         tic = time.perf_counter()
-        x = to_unit(images.to(args.device, non_blocking=True))
+        step()
+        sync(device)
+        if i >= warmup:
+            times.append(time.perf_counter() - tic)
+    return statistics.median(times)
+
+
+def ours(name: str, cfg: PretrainConfig, images: torch.Tensor, augment: nn.Module) -> Callable[[], torch.Tensor]:
+    torch.manual_seed(0)
+    device = images.device
+    method = build_method(name, 3, cfg).to(device).train()
+    if cfg.channels_last:
+        method.to(memory_format=torch.channels_last)
+    if cfg.compile:
+        method.compile_backbones()
+    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
+    labels, indices = (
+        torch.zeros(len(images), dtype=torch.long, device=device),
+        torch.arange(len(images), device=device),
+    )
+    if method.memory is not None:
+        method.memory.push(torch.randn(method.memory.size, method.memory.dim, device=device))
+    return lambda: training_step(method, augment, optimizer, images, labels, indices, cfg)
+
+
+def lightly_moco(cfg: PretrainConfig, images: torch.Tensor, augment: nn.Module) -> Callable[[], torch.Tensor]:
+    from lightly.loss import NTXentLoss
+    from lightly.models.modules import MoCoProjectionHead
+    from lightly.models.utils import deactivate_requires_grad, update_momentum
+
+    torch.manual_seed(0)
+    device = images.device
+    backbone, dim = build_backbone(cfg.backbone, 3)
+    head = MoCoProjectionHead(dim, dim, cfg.proj_dim)
+    model = nn.ModuleDict({"backbone": backbone, "head": head}).to(device)
+    momentum = copy.deepcopy(model)
+    deactivate_requires_grad(momentum)
+    if cfg.channels_last:
+        model.to(memory_format=torch.channels_last)
+        momentum.to(memory_format=torch.channels_last)
+    criterion = NTXentLoss(cfg.temperature, memory_bank_size=(cfg.memory.size, cfg.proj_dim)).to(device)
+    optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
+    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+
+    def step() -> torch.Tensor:
+        x = to_unit(images)
         with torch.no_grad():
-            view1, view2 = augment(x), augment(x)
-        loss = method.training_loss(view1, view2, labels.to(args.device), indices.to(args.device))
+            v1, v2 = (augment(x).contiguous(memory_format=fmt) for _ in range(2))
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            update_momentum(model, momentum, cfg.key_momentum)
+            q1, q2 = (model["head"](model["backbone"](v)) for v in (v1, v2))
+            with torch.no_grad():
+                k1, k2 = (momentum["head"](momentum["backbone"](v)) for v in (v1, v2))
+            loss = 0.5 * (criterion(q1, k2) + criterion(q2, k1))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
-        sync(args.device)
-        if i >= args.warmup:
-            times.append(time.perf_counter() - tic)
-    return statistics.median(times)
+        return loss
+
+    return step
 
 
 def main() -> None:
@@ -62,24 +110,46 @@ def main() -> None:
     parser.add_argument("--size", type=int, default=32)
     parser.add_argument("--memory", type=int, default=4096)
     parser.add_argument("--batch-mode", default="greedy", choices=["greedy", "topk"])
-    parser.add_argument("--steps", type=int, default=3)
-    parser.add_argument("--warmup", type=int, default=1)
+    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--steps", type=int, default=10)
+    parser.add_argument("--warmup", type=int, default=2)
+    parser.add_argument("--no-peer", action="store_true", help="skip lightly's MoCo")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    base = PretrainConfig(backbone=args.backbone, batch_size=args.batch, proj_dim=128)
+    base = PretrainConfig(
+        backbone=args.backbone,
+        batch_size=args.batch,
+        proj_dim=128,
+        precision=args.precision,
+        channels_last=args.channels_last,
+        compile=args.compile,
+    )
     cfg = replace(base, memory=replace(base.memory, size=args.memory, batch_mode=args.batch_mode))
+    device = torch.device(args.device)
+    images = torch.randint(0, 256, (args.batch, 3, args.size, args.size), dtype=torch.uint8, device=device)
+    augment = ssl_augmentation(cfg.augment, args.size, 3, [0.5] * 3, [0.25] * 3).to(device)
 
     print(
         f"device={args.device} backbone={args.backbone} B={args.batch} {args.size}px K={args.memory} "
-        f"batch_mode={args.batch_mode} threads={torch.get_num_threads()}"
+        f"batch_mode={args.batch_mode} precision={args.precision} channels_last={args.channels_last} "
+        f"compile={args.compile} threads={torch.get_num_threads()} steps={args.steps}"
     )
-    print(f"{'method':>8} {'ms/step':>9} {'images/s':>9} {'vs moco':>8}")
-    seconds = {name: step_seconds(name, cfg, args) for name in METHODS}
-    for name, s in seconds.items():
-        print(f"{name:>8} {1000 * s:>9.1f} {args.batch / s:>9.1f} {s / seconds['moco']:>8.3f}")
+    steps = {name: ours(name, cfg, images, augment) for name in METHODS}
+    if not args.no_peer:
+        steps["lightly-moco"] = lightly_moco(cfg, images, augment)
+    print(f"{'method':>12} {'ms/step':>9} {'images/s':>9} {'vs moco':>8}")
+    seconds = {}
+    for name, step in steps.items():
+        seconds[name] = median_seconds(step, device, args.warmup, args.steps)
+        s = seconds[name]
+        print(f"{name:>12} {1000 * s:>9.1f} {args.batch / s:>9.1f} {s / seconds['moco']:>8.3f}", flush=True)
+    peer = f", lightly-moco/moco {seconds['lightly-moco'] / seconds['moco']:.3f}" if "lightly-moco" in seconds else ""
     print(
-        f"summary: dmoco/moco step-time ratio {seconds['dmoco'] / seconds['moco']:.3f} "
-        f"({args.backbone}, B={args.batch}, K={args.memory}, {args.device})"
+        f"summary: dmoco/moco step-time ratio {seconds['dmoco'] / seconds['moco']:.3f}{peer}, "
+        f"moco {args.batch / seconds['moco']:.0f} images/s ({args.backbone}, B={args.batch}, K={args.memory}, "
+        f"{args.device})"
     )
 
 

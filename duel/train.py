@@ -30,6 +30,29 @@ def _cosine(total_steps: int) -> Callable[[int], float]:
     return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
 
 
+def training_step(
+    method: SSLMethod,
+    augment: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    images: torch.Tensor,
+    labels: torch.Tensor,
+    indices: torch.Tensor,
+    cfg: PretrainConfig,
+) -> torch.Tensor:
+    """One step on a uint8 batch already on the device: two augmented views, loss (and memory push),
+    backward, optimizer step. Returns the loss (not synchronised)."""
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    x = to_unit(images)
+    with torch.no_grad():
+        views = [augment(x).contiguous(memory_format=memory_format) for _ in range(2)]
+    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        loss = method.training_loss(*views, labels, indices)
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    optimizer.step()
+    return loss
+
+
 def _data_on_device(dataset: IndexedImages, cfg: PretrainConfig, device: torch.device) -> bool:
     """Whether to hold the uint8 training set on the device: by default for small in-memory images on CUDA."""
     if not dataset.images.in_memory or device.type == "cpu":
@@ -89,8 +112,6 @@ def pretrain(
     optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total_steps))
     order = torch.Generator().manual_seed(seed)  # the data order, saved in checkpoints
-    autocast = torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16")
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
 
     start_epoch, history = 0, []
     if resume and checkpoint.exists():
@@ -110,15 +131,8 @@ def pretrain(
         for images, labels, indices in dataset.batches(perm, cfg.batch_size, device, cfg.num_workers, drop_last=True):
             if len(history) == total_steps:
                 break
-            images = to_unit(images)
-            with torch.no_grad():
-                views = [augment(images).contiguous(memory_format=memory_format) for _ in range(2)]
             lr = scheduler.get_last_lr()[0]
-            with autocast:
-                loss = method.training_loss(*views, labels, indices)
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            optimizer.step()
+            loss = training_step(method, augment, optimizer, images, labels, indices, cfg)
             scheduler.step()
             toc = time.perf_counter()
             record = {
