@@ -132,13 +132,13 @@ def pretrain(
             if len(history) == total_steps:
                 break
             lr = scheduler.get_last_lr()[0]
-            loss = training_step(method, augment, optimizer, images, labels, indices, cfg)
+            loss = training_step(method, augment, optimizer, images, labels, indices, cfg).item()  # syncs the device
             scheduler.step()
             toc = time.perf_counter()
             record = {
                 "step": len(history),
                 "epoch": epoch,
-                "loss": loss.item(),
+                "loss": loss,
                 "lr": lr,
                 "images_per_s": len(labels) / (toc - tic),
             }

@@ -161,3 +161,17 @@ def test_list_file_errors_are_one_line(tmp_path):
         load_source(
             DataConfig(source="imagefolder", root=str(tmp_path), train_list="gone.txt", lazy=True, image_size=8)
         )
+
+
+def test_lazy_fingerprint_does_not_depend_on_where_the_dataset_is_mounted(tmp_path):
+    write_image_list_tree(tmp_path / "a", counts=[2, 2], size=16)
+    fingerprints = []
+    for root in (tmp_path / "a", tmp_path / "moved"):
+        if not root.exists():
+            (tmp_path / "a").rename(root)
+        lists = {"train_list": "ImageNet_LT_train.txt", "test_list": "ImageNet_LT_test.txt"}
+        cfg = DataConfig(source="imagefolder", root=str(root), image_size=8, lazy=True, **lists)
+        fingerprints.append(load_source(cfg).fingerprint())
+    assert fingerprints[0] == fingerprints[1]
+    with pytest.raises(DataError, match=r"cannot carve a stratified test split .* from 4 images"):
+        load_source(DataConfig(source="imagefolder", root=str(root), image_size=8, train_list=lists["train_list"]))

@@ -87,13 +87,14 @@ class ImageSet:
         raise ValueError("only image sets of the same kind can be concatenated")
 
     def digest(self, h: hashlib._Hash) -> None:
-        """Feed the content (pixels, or file names and sizes) and labels into a hash."""
+        """Feed the content (pixels, or class folder, name and size of each file: the same wherever
+        the dataset is mounted) and labels into a hash."""
         if self.images is not None:
             h.update(self.images.numpy().tobytes())
         else:
             assert self.files is not None
             for path in self.files:
-                h.update(f"{path}:{os.path.getsize(path)}\n".encode())
+                h.update(f"{Path(path).parent.name}/{Path(path).name}:{os.path.getsize(path)}\n".encode())
         h.update(self.labels.astype(np.int64).tobytes())
 
     def channel_stats(self) -> tuple[list[float], list[float]]:
@@ -153,7 +154,13 @@ def _stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[n
     from sklearn.model_selection import train_test_split
 
     idx = np.arange(len(labels))
-    keep, held = train_test_split(idx, test_size=fraction, stratify=labels, random_state=seed)
+    try:
+        keep, held = train_test_split(idx, test_size=fraction, stratify=labels, random_state=seed)
+    except ValueError as exc:
+        raise DataError(
+            f"cannot carve a stratified test split (data.test_fraction={fraction}) from {len(labels)} images: "
+            f"{exc}; add a test split to the source or change data.test_fraction"
+        ) from exc
     return np.sort(keep), np.sort(held)
 
 
