@@ -9,7 +9,8 @@ uint8 batch held on the device, the loss with memory negatives and push, backwar
 peer is lightly's MoCo (`pip install lightly==1.6.0`, not a project dependency) written as its
 examples do (MoCoProjectionHead, NTXentLoss with a memory bank, update_momentum), symmetrised
 like ours, with the same backbone, views, batch and K. Memories start full, so every timed
-push evicts; the median over `--steps` timed steps follows `--warmup` untimed ones.
+push evicts. Methods take turns, one step each per round; the median over `--steps` rounds
+follows `--warmup` untimed ones.
 """
 
 from __future__ import annotations
@@ -36,16 +37,21 @@ def sync(device: torch.device) -> None:
         torch.cuda.synchronize()
 
 
-def median_seconds(step: Callable[[], torch.Tensor], device: torch.device, warmup: int, steps: int) -> float:
-    times = []
-    for i in range(warmup + steps):
-        sync(device)
-        tic = time.perf_counter()
-        step()
-        sync(device)
-        if i >= warmup:
-            times.append(time.perf_counter() - tic)
-    return statistics.median(times)
+def median_seconds(
+    steps: dict[str, Callable[[], torch.Tensor]], device: torch.device, warmup: int, rounds: int
+) -> dict[str, float]:
+    """Median step time per method; methods alternate within each round, so drift in the
+    machine's speed (shared CPUs, GPU clocks) hits every method alike."""
+    times: dict[str, list[float]] = {name: [] for name in steps}
+    for i in range(warmup + rounds):
+        for name, step in steps.items():
+            sync(device)
+            tic = time.perf_counter()
+            step()
+            sync(device)
+            if i >= warmup:
+                times[name].append(time.perf_counter() - tic)
+    return {name: statistics.median(t) for name, t in times.items()}
 
 
 def ours(name: str, cfg: PretrainConfig, images: torch.Tensor, augment: nn.Module) -> Callable[[], torch.Tensor]:
@@ -139,12 +145,10 @@ def main() -> None:
     steps = {name: ours(name, cfg, images, augment) for name in METHODS}
     if not args.no_peer:
         steps["lightly-moco"] = lightly_moco(cfg, images, augment)
+    seconds = median_seconds(steps, device, args.warmup, args.steps)
     print(f"{'method':>12} {'ms/step':>9} {'images/s':>9} {'vs moco':>8}")
-    seconds = {}
-    for name, step in steps.items():
-        seconds[name] = median_seconds(step, device, args.warmup, args.steps)
-        s = seconds[name]
-        print(f"{name:>12} {1000 * s:>9.1f} {args.batch / s:>9.1f} {s / seconds['moco']:>8.3f}", flush=True)
+    for name, s in seconds.items():
+        print(f"{name:>12} {1000 * s:>9.1f} {args.batch / s:>9.1f} {s / seconds['moco']:>8.3f}")
     peer = f", lightly-moco/moco {seconds['lightly-moco'] / seconds['moco']:.3f}" if "lightly-moco" in seconds else ""
     print(
         f"summary: dmoco/moco step-time ratio {seconds['dmoco'] / seconds['moco']:.3f}{peer}, "
