@@ -8,6 +8,7 @@ from PIL import Image
 from duel.config import DataConfig
 from duel.data.datasets import IndexedImages
 from duel.data.sources import DataError, load_source
+from pipeline.pretrain import pretraining_set
 from tests.fake_data import write_cifar10, write_cifar100, write_image_list_tree, write_stl10
 
 
@@ -100,10 +101,13 @@ def test_stl10_reads_binaries_and_optional_unlabeled_split(tmp_path, accept_fake
     assert src.train.labels.tolist() == np.tile(np.arange(10), 2).tolist()
     with_extra = load_source(DataConfig(source="stl10", root=str(tmp_path), unlabeled=True, image_size=32))
     assert with_extra.unlabeled.images.shape == (7, 3, 32, 32) and set(with_extra.unlabeled.labels) == {-1}
-    assert (
-        with_extra.fingerprint()
-        == load_source(DataConfig(source="stl10", root=str(tmp_path), image_size=32)).fingerprint()
-    )
+    without = load_source(DataConfig(source="stl10", root=str(tmp_path), image_size=32))
+    assert with_extra.fingerprint() == without.fingerprint()
+
+    dataset = pretraining_set(with_extra, [0, 5, 19])  # the LT subset, then every unlabeled image
+    assert dataset.indices.tolist() == [0, 5, 19, *range(20, 27)]
+    assert dataset.labels.tolist() == [*with_extra.train.labels[[0, 5, 19]].tolist(), *[-1] * 7]
+    assert torch.equal(dataset[4][0], with_extra.unlabeled.images[1])
 
 
 @pytest.mark.parametrize("source", ["cifar10", "cifar100", "stl10"])
