@@ -106,6 +106,7 @@ class PretrainConfig:
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     max_steps: int | None = None  # stop (and end the cosine schedule) after this many steps
     checkpoint_every: int = 5  # epochs
+    diagnostics_every: int = 1  # epochs between memory diagnostics (duel.diagnostics; O(K^2 d) each); 0: off
     num_workers: int = 0  # DataLoader workers decoding lazy image folders
     device: str = "cpu"
     precision: str = "fp32"  # fp32 | bf16 (autocast; the memory and its scores stay fp32)
@@ -273,6 +274,7 @@ def validate(cfg: StudyConfig) -> None:
     _require(t.max_steps is None or t.max_steps >= 1, "pretrain.max_steps", t.max_steps, "null or >= 1")
     _require(t.precision in ("fp32", "bf16"), "pretrain.precision", t.precision, "fp32 or bf16")
     _require(not (d.lazy and t.data_on_device), "pretrain.data_on_device", True, "lazy images stay on the host")
+    _require(t.diagnostics_every >= 0, "pretrain.diagnostics_every", t.diagnostics_every, "must be >= 0 (0: off)")
     _require(t.checkpoint_every >= 1, "pretrain.checkpoint_every", t.checkpoint_every, "must be >= 1")
     _require(t.num_workers >= 0, "pretrain.num_workers", t.num_workers, "must be >= 0")
     _require(

@@ -33,7 +33,8 @@ class ActiveMemory(nn.Module):
     Labels and dataset indices are stored next to each key for analysis only
     (-1 where unknown); they never influence which slot is replaced.
     Every per-slot array and the pointer are buffers, so `state_dict` holds the
-    whole memory state and checkpoints restore it exactly.
+    whole memory state and checkpoints restore it exactly. With `num_classes`,
+    it also counts the keys inserted and evicted per class (diagnostics only).
     """
 
     def __init__(
@@ -43,6 +44,7 @@ class ActiveMemory(nn.Module):
         policy: str = "fifo",
         temperature: float = 0.1,
         batch_mode: str = "greedy",
+        num_classes: int = 0,
     ) -> None:
         super().__init__()
         if policy not in POLICIES:
@@ -59,6 +61,14 @@ class ActiveMemory(nn.Module):
         self.register_buffer("scores", torch.zeros(size))
         self.register_buffer("ptr", torch.zeros((), dtype=torch.long))  # next FIFO slot
         self.register_buffer("filled", torch.zeros((), dtype=torch.long))
+        # Diagnostics: keys inserted and evicted per class over the whole run (labels in [0, num_classes)).
+        self.register_buffer("inserted", torch.zeros(num_classes, dtype=torch.long))
+        self.register_buffer("evicted", torch.zeros(num_classes, dtype=torch.long))
+        # Diagnostics: pushes so far, the push each slot's key came in with, and how many evictions
+        # hit a key inserted by the same push (a greedy push may overwrite its own batch).
+        self.register_buffer("pushes", torch.zeros((), dtype=torch.long))
+        self.register_buffer("born", torch.zeros(size, dtype=torch.long))
+        self.register_buffer("evicted_fresh", torch.zeros((), dtype=torch.long))
 
     # ------------------------------------------------------------------ views
     @property
@@ -73,10 +83,13 @@ class ActiveMemory(nn.Module):
         return torch.exp((sims - 1.0) / self.temperature)
 
     def full_scores(self) -> torch.Tensor:
-        """O(K^2 d) reference computation of the DUEL scores of the filled slots."""
+        """O(K^2 d) computation of the DUEL scores of the filled slots from scratch, in blocks of rows."""
         keys = self.valid_keys()
-        p = self.duplication(keys @ keys.T)
-        return p.sum(1) - p.diagonal()
+        scores = torch.empty(len(keys), dtype=keys.dtype, device=keys.device)
+        for start in range(0, len(keys), BLOCK):
+            p = self.duplication(keys[start : start + BLOCK] @ keys.T)
+            scores[start : start + BLOCK] = p.sum(1) - p.diagonal(start)
+        return scores
 
     def class_entropy(self, num_classes: int) -> float:
         """Normalised entropy in [0, 1] of the labels stored in memory (-1 ignored)."""
@@ -92,6 +105,15 @@ class ActiveMemory(nn.Module):
         labels = self.labels[: self.num_filled]
         return torch.bincount(labels[labels >= 0], minlength=num_classes)
 
+    @torch.no_grad()
+    def rekey(self, keys: torch.Tensor) -> None:
+        """Replace the keys of the filled slots (same images, e.g. re-encoded by the current encoder)
+        and recompute the DUEL scores from scratch; labels, indices and ages are kept."""
+        with torch.autocast(self.keys.device.type, enabled=False):
+            self.keys[: self.num_filled] = nn.functional.normalize(keys.detach().to(self.keys), dim=1)
+            if self.policy == "duel":
+                self.scores[: self.num_filled] = self.full_scores()
+
     # ------------------------------------------------------------------- push
     @torch.no_grad()
     def push(
@@ -106,6 +128,7 @@ class ActiveMemory(nn.Module):
             self._push(keys, labels, indices)
 
     def _push(self, keys: torch.Tensor, labels: torch.Tensor | None, indices: torch.Tensor | None) -> None:
+        self.pushes += 1
         keys = nn.functional.normalize(keys.detach().to(self.keys), dim=1)
         n = keys.shape[0]
         labels = self._meta(labels, n)
@@ -155,7 +178,17 @@ class ActiveMemory(nn.Module):
         taken = torch.topk(self.scores[: self.num_filled], rest).indices
         return torch.cat([free, taken])
 
+    def _count(self, counter: torch.Tensor, labels: torch.Tensor) -> None:
+        if len(counter):
+            labels = labels[(labels >= 0) & (labels < len(counter))]
+            counter.index_add_(0, labels, torch.ones_like(labels))
+
     def _insert(self, slots: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
+        old = slots[slots < self.num_filled]
+        self._count(self.evicted, self.labels[old])
+        self._count(self.inserted, labels)
+        self.evicted_fresh += (self.born[old] == self.pushes).sum()
+        self.born[slots] = self.pushes
         if self.policy == "duel":
             self._update_scores(slots, keys)
         else:
@@ -171,6 +204,10 @@ class ActiveMemory(nn.Module):
         p = p.sub_(1).div_(self.temperature).exp_()  # p_dup(k, evicted), p_dup(k, z)
         self.scores.add_(p[:, 1]).sub_(p[:, 0])
         self.scores[j] = p[:, 1].sum() - p[j, 1]  # p[j, 1] pairs z with the evicted key, not a neighbour
+        self._count(self.evicted, self.labels[j : j + 1])
+        self._count(self.inserted, label.reshape(1))
+        self.evicted_fresh += self.born[j] == self.pushes
+        self.born[j] = self.pushes
         self.keys[j] = key
         self.labels[j] = label
         self.indices[j] = index

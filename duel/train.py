@@ -20,10 +20,12 @@ from torch import nn
 from duel.config import DuelError, PretrainConfig, flatten
 from duel.data.augment import to_unit
 from duel.data.datasets import IndexedImages
+from duel.diagnostics import memory_diagnostics
 from duel.methods import SSLMethod
 from duel.utils import progress, rng_states, save_torch, set_rng_states
 
 StepCallback = Callable[[dict[str, float]], None]
+EpochCallback = Callable[[dict[str, Any]], None]
 
 
 def _cosine(total_steps: int) -> Callable[[int], float]:
@@ -51,6 +53,23 @@ def training_step(
     loss.backward()
     optimizer.step()
     return loss
+
+
+@torch.no_grad()
+def refresh_memory(method: SSLMethod, dataset: IndexedImages, augment: nn.Module, cfg: PretrainConfig) -> None:
+    """Re-encode the images behind the memory's keys with the current encoder (one new augmented view
+    each) and rescore the memory, so DUEL compares keys of one encoder state instead of stale ones."""
+    memory = method.memory
+    assert memory is not None
+    device = memory.keys.device
+    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    keys = []
+    positions = dataset.positions(memory.indices[: memory.num_filled])
+    for images, _, _ in dataset.batches(positions, cfg.batch_size, device, cfg.num_workers):
+        views = augment(to_unit(images)).contiguous(memory_format=memory_format)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+            keys.append(method.memory_keys(views))
+    memory.rekey(torch.cat(keys))
 
 
 def _data_on_device(dataset: IndexedImages, cfg: PretrainConfig, device: torch.device) -> bool:
@@ -86,8 +105,12 @@ def pretrain(
     checkpoint: Path,
     resume: bool = False,
     on_step: StepCallback | None = None,
-) -> list[dict[str, float]]:
-    """Train `method` in place; return the per-step history (loss, lr, memory entropy, images/s).
+    class_counts: list[int] | None = None,
+    on_epoch: EpochCallback | None = None,
+) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
+    """Train `method` in place; return the per-step history (loss, lr, memory entropy, images/s)
+    and the memory diagnostics (`duel.diagnostics`, one record per `cfg.diagnostics_every` epochs and
+    at the end; none without a memory or `class_counts`, the training images per class).
 
     `config` is the resolved config saved in every checkpoint; `resume` continues
     from `checkpoint` when it exists and was written with the same config.
@@ -113,7 +136,7 @@ def pretrain(
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total_steps))
     order = torch.Generator().manual_seed(seed)  # the data order, saved in checkpoints
 
-    start_epoch, history = 0, []
+    start_epoch, history, diagnostics = 0, [], []
     if resume and checkpoint.exists():
         state = _load_checkpoint(checkpoint, config)
         method.load_state_dict(state["model"])
@@ -121,7 +144,7 @@ def pretrain(
         scheduler.load_state_dict(state["scheduler"])
         order.set_state(state["order"])
         set_rng_states(state["rng"])
-        start_epoch, history = state["epoch"], state["history"]
+        start_epoch, history, diagnostics = state["epoch"], state["history"], state["diagnostics"]
 
     method.train()
     epochs = math.ceil(total_steps / steps_per_epoch)
@@ -134,6 +157,9 @@ def pretrain(
             lr = scheduler.get_last_lr()[0]
             loss = training_step(method, augment, optimizer, images, labels, indices, cfg).item()  # syncs the device
             scheduler.step()
+            every = method.refresh_memory_every
+            if method.memory is not None and every and (len(history) + 1) % every == 0:
+                refresh_memory(method, dataset, augment, cfg)
             toc = time.perf_counter()
             record = {
                 "step": len(history),
@@ -148,7 +174,14 @@ def pretrain(
             history.append(record)
             if on_step is not None:
                 on_step(record)
-        if (epoch + 1) % cfg.checkpoint_every == 0 or epoch + 1 == epochs:
+        last = epoch + 1 == epochs
+        diagnose = cfg.diagnostics_every and ((epoch + 1) % cfg.diagnostics_every == 0 or last)
+        if method.memory is not None and class_counts is not None and diagnose:
+            record = {"epoch": epoch, "step": len(history) - 1, **memory_diagnostics(method.memory, class_counts)}
+            diagnostics.append(record)
+            if on_epoch is not None:
+                on_epoch(record)
+        if (epoch + 1) % cfg.checkpoint_every == 0 or last:
             save_torch(
                 checkpoint,
                 {
@@ -159,7 +192,8 @@ def pretrain(
                     "rng": rng_states(),
                     "epoch": epoch + 1,
                     "history": history,
+                    "diagnostics": diagnostics,
                     "config": config,
                 },
             )
-    return history
+    return history, diagnostics

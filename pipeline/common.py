@@ -14,7 +14,7 @@ from duel.data.longtail import check_manifest
 from duel.data.sources import SourceData, load_source
 
 # Command-line options shared by the stages.
-MethodOption = Annotated[str, typer.Option(help="moco, dmoco, simclr or dsimclr")]
+MethodOption = Annotated[str, typer.Option(help="a registered method (duel.methods.METHODS), e.g. moco or dmoco")]
 ImbalanceOption = Annotated[float, typer.Option(help="r of exp/step/balanced(_matched), rho_max of dominant")]
 SeedOption = Annotated[int, typer.Option(help="training seed")]
 ParamsOption = Annotated[Path, typer.Option(help="the params file")]

@@ -13,6 +13,7 @@ from duel.config import to_dict
 from duel.data.augment import ssl_augmentation
 from duel.data.datasets import IndexedImages
 from duel.data.sources import SourceData
+from duel.diagnostics import summary_metrics
 from duel.methods import build_method
 from duel.train import pretrain as train
 from duel.utils import atomic_path, save_torch, seed_everything, write_json
@@ -49,7 +50,7 @@ def pretrain(
     resume: Annotated[bool, typer.Option(help="continue an interrupted run from its last checkpoint")] = False,
     params: ParamsOption = PARAMS,
 ) -> None:
-    """Pretrain one encoder; writes model.pt, memory.pt, metrics.json and train_log.csv."""
+    """Pretrain one encoder; writes model.pt, memory.pt, metrics.json, train_log.csv and memory_diagnostics.json."""
     cfg = load_params(params)
     check_method(method)
     check_imbalance(cfg, imbalance)
@@ -65,7 +66,7 @@ def pretrain(
     }
 
     seed_everything(seed, cfg.pretrain.device)
-    model = build_method(method, source.channels, cfg.pretrain)
+    model = build_method(method, source.channels, cfg.pretrain, source.num_classes)
     config["memory_policy"] = model.memory.policy if model.memory is not None else None  # `auto` resolved
     mean, std = source.channel_stats()
     augment = ssl_augmentation(cfg.pretrain.augment, source.image_size, source.channels, mean, std)
@@ -75,7 +76,7 @@ def pretrain(
 
     with StageRun("pretrain", name, config, cfg.tracking.experiment, resume=resume) as run:
         tic = time.perf_counter()
-        history = train(
+        history, diagnostics = train(
             model,
             dataset,
             augment,
@@ -86,6 +87,8 @@ def pretrain(
             checkpoint=checkpoint,
             resume=resume,
             on_step=run.log_step,
+            class_counts=manifest["class_counts"],
+            on_epoch=lambda record: run.log_step({"step": record["step"], **summary_metrics(record)}, "memory"),
         )
         log = pd.DataFrame(history)
         metrics = {
@@ -96,6 +99,10 @@ def pretrain(
         }
         if model.memory is not None:
             metrics["memory_entropy"] = model.memory.class_entropy(source.num_classes)
+        if diagnostics:
+            final = diagnostics[-1]
+            metrics["memory_head_keys"] = sum(final["histogram"][c] for c in final["head_classes"])
+            metrics.update(summary_metrics(final))
 
         out = pretrain_dir(method, imbalance, seed)
         save_torch(
@@ -112,9 +119,10 @@ def pretrain(
         save_torch(out / "memory.pt", {"policy": getattr(model.memory, "policy", None), "state_dict": memory})
         with atomic_path(out / "train_log.csv") as tmp:
             log.to_csv(tmp, index=False)
+        write_json(out / "memory_diagnostics.json", diagnostics, indent=None)  # one line: long count lists
         write_json(out / "metrics.json", metrics)
         run.log_metrics(metrics)
-        for path in (out / "metrics.json", out / "train_log.csv"):
+        for path in (out / "metrics.json", out / "train_log.csv", out / "memory_diagnostics.json"):
             run.log_artifact(path)
     # The run is complete: its outputs supersede the crash-recovery checkpoint.
     shutil.rmtree(checkpoint.parent, ignore_errors=True)

@@ -11,6 +11,7 @@ import pandas as pd
 import torch
 
 from duel.config import StudyConfig, to_dict
+from duel.diagnostics import GROUPS, RELATIONS, SIMILARITY_BINS, TAU_GRID
 from duel.eval.tsne import tsne_embed
 from duel.memory import ActiveMemory
 from duel.utils import atomic_path, write_json
@@ -36,6 +37,8 @@ TABLES = {
     "knn_top1": ("knn_top1", 100, 1, "kNN top-1 (%)"),
     "linear_few": ("linear_few", 100, 1, "Linear-probe top-1 on the few group (%)"),
     "memory_entropy": ("memory_entropy", 1, 3, "Normalised class entropy of the final memory"),
+    "memory_head_keys": ("memory_head_keys", 1, 0, "Head-class keys in the final memory"),
+    "evicted_head_share": ("evicted_head_share", 100, 1, "Head-class share of all evictions (%)"),
 }
 
 
@@ -127,7 +130,8 @@ def scatter_grid(panels: dict[str, tuple[np.ndarray, np.ndarray]], classes: int,
 def load_memory(method: str, imbalance: float, seed: int) -> ActiveMemory:
     """The final memory of a pretrain run, restored into an ActiveMemory."""
     saved = torch.load(pretrain_dir(method, imbalance, seed) / "memory.pt", weights_only=False)
-    memory = ActiveMemory(*saved["state_dict"]["keys"].shape, policy=saved["policy"])
+    state = saved["state_dict"]
+    memory = ActiveMemory(*state["keys"].shape, policy=saved["policy"], num_classes=len(state["inserted"]))
     memory.load_state_dict(saved["state_dict"])
     return memory
 
@@ -139,6 +143,78 @@ def plot_memory_histograms(memories: dict[str, ActiveMemory], classes: int, titl
         ax.bar(np.arange(classes) + i * width, memory.class_histogram(classes).numpy(), width, label=name)
     ax.set(xlabel="class (LT order: head first for head_order=index)", ylabel="keys in final memory", title=title)
     ax.legend()
+    save_figure(fig, path)
+
+
+def load_diagnostics(method: str, imbalance: float, seed: int) -> list[dict]:
+    return read_json(pretrain_dir(method, imbalance, seed) / "memory_diagnostics.json", "pretrain")
+
+
+def plot_flows(diagnostics: dict[str, list[dict]], title: str, path: Path) -> None:
+    """Per epoch: the head classes' share of the keys inserted, of the keys evicted, and of the memory."""
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5), sharey=True)
+    panels = (("inserted", "inserted in the epoch"), ("evicted", "evicted in the epoch"), ("histogram", "in memory"))
+    for ax, (key, what) in zip(axes, panels, strict=True):
+        for method, records in diagnostics.items():
+            head = records[0]["head_classes"]
+            counts = np.array([r[key] for r in records], dtype=float)
+            if key != "histogram":  # cumulative counters -> per epoch
+                counts = np.diff(counts, axis=0, prepend=0)
+            total = counts.sum(1)
+            share = np.divide(counts[:, head].sum(1), total, out=np.full(len(total), np.nan), where=total > 0)
+            ax.plot([r["epoch"] + 1 for r in records], 100 * share, marker=".", label=method)
+        ax.set(title=f"head classes' share of keys {what}", xlabel="epoch", ylim=(0, 101))
+        ax.grid(alpha=0.3)
+    axes[0].set_ylabel("%")
+    axes[-1].legend()
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
+def plot_score_parts(diagnostics: dict[str, list[dict]], title: str, path: Path) -> None:
+    """Final DUEL score of head and tail keys, stacked by where the duplicates are."""
+    fig, ax = plt.subplots(figsize=(1.6 * len(diagnostics) + 3, 3.8))
+    bars = [(f"{m}\n{g}", records[-1], g) for m, records in diagnostics.items() for g in GROUPS]
+    bottom = np.zeros(len(bars))
+    for relation in RELATIONS:
+        values = np.array([np.nan_to_num(r[f"score/{g}/{relation}"]) for _, r, g in bars])
+        ax.bar(range(len(bars)), values, bottom=bottom, label=relation.replace("_", " "))
+        bottom += values
+    ax.set(xticks=range(len(bars)), ylabel="mean duplication score of a key", title=title)
+    ax.set_xticklabels([name for name, *_ in bars], fontsize=8)
+    ax.legend(fontsize=8)
+    save_figure(fig, path)
+
+
+def plot_tail_risk(diagnostics: dict[str, list[dict]], title: str, path: Path) -> None:
+    """Final memory: how much more (> 1) or less (< 1) often than chance a DUEL eviction at tau_d hits the tail."""
+    fig, ax = plt.subplots(figsize=(5, 3.5))
+    for method, records in diagnostics.items():
+        ax.plot(TAU_GRID, [records[-1][f"tail_risk/{tau:g}"] for tau in TAU_GRID], marker="o", label=method)
+    ax.axhline(1, color="grey", lw=1, ls=":")
+    ax.set(xscale="log", xlabel="tau_d", ylabel="tail share of top-10 % scores / tail share", title=title)
+    ax.grid(alpha=0.3)
+    ax.legend()
+    save_figure(fig, path)
+
+
+def plot_similarities(diagnostics: dict[str, list[dict]], title: str, path: Path) -> None:
+    """Final pairwise key similarities by relation, seen from head keys (solid) and tail keys (dashed)."""
+    fig, axes = plt.subplots(1, len(diagnostics), figsize=(4.5 * len(diagnostics), 3.5), squeeze=False, sharey=True)
+    edges = np.linspace(-1, 1, SIMILARITY_BINS + 1)
+    centres = (edges[:-1] + edges[1:]) / 2
+    for ax, (method, records) in zip(axes[0], diagnostics.items(), strict=True):
+        for i, relation in enumerate(RELATIONS):
+            for group, style in (("head", "-"), ("tail", "--")):
+                counts = np.array(records[-1][f"similarity/{group}/{relation}"], dtype=float)
+                if counts.sum():
+                    density = counts / counts.sum() / np.diff(edges)
+                    ax.plot(centres, density, style, color=f"C{i}", label=f"{group}, {relation.replace('_', ' ')}")
+        ax.set(title=method, xlabel="cosine similarity of two keys")
+        ax.grid(alpha=0.3)
+    axes[0, 0].set_ylabel("density")
+    axes[0, -1].legend(fontsize=7)
+    fig.suptitle(title)
     save_figure(fig, path)
 
 
@@ -193,6 +269,13 @@ def report(params: ParamsOption = PARAMS) -> None:
         }
         scatter_grid(maps, num_classes, f"t-SNE of the final memory ({where})", figures / "tsne_memory.png")
         plot_memory_histograms(memories, num_classes, f"final memory ({where})", figures / "memory_histogram.png")
+        diagnostics = {m: load_diagnostics(m, worst, seed) for m in memory_methods}
+        diagnostics = {m: records for m, records in diagnostics.items() if records}
+        if diagnostics:
+            plot_flows(diagnostics, f"memory flows ({where})", figures / "memory_flows.png")
+            plot_score_parts(diagnostics, f"DUEL score parts, final memory ({where})", figures / "score_parts.png")
+            plot_similarities(diagnostics, f"key similarities, final memory ({where})", figures / "key_similarity.png")
+            plot_tail_risk(diagnostics, f"tail risk, final memory ({where})", figures / "tail_risk.png")
 
     write_json(REPORTS / "summary.json", summary)
     config = {"sweep": to_dict(cfg.sweep), "report": to_dict(cfg.report)}

@@ -111,13 +111,13 @@ class StageRun:
         )
         return runs[0].info.run_id if runs else None
 
-    def log_step(self, record: dict[str, float]) -> None:
-        """Per-step curves, as `train/<key>`: apart from the final metrics of the same name."""
+    def log_step(self, record: dict[str, float], prefix: str = "train") -> None:
+        """Per-step curves, as `<prefix>/<key>`: apart from the final metrics of the same name."""
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
         step = int(record["step"])
-        self._steps += [Metric(f"train/{k}", float(v), now, step) for k, v in record.items() if k != "step"]
+        self._steps += [Metric(f"{prefix}/{k}", float(v), now, step) for k, v in record.items() if k != "step"]
         if len(self._steps) >= STEP_FLUSH:
             self._flush()
 

@@ -111,3 +111,13 @@ def test_pushes_larger_than_a_block_are_scored_in_blocks(monkeypatch, batch_mode
     assert mem.num_filled == 20
     torch.testing.assert_close(mem.scores, mem.full_scores(), rtol=1e-4, atol=1e-4)
     assert len(set(mem.indices.tolist())) == 20
+
+
+def test_rekey_replaces_keys_and_rescores_from_scratch():
+    mem = ActiveMemory(16, 8, policy="duel", temperature=0.2)
+    mem.push(unit(12, 8), labels=torch.arange(12), indices=torch.arange(12))
+    new = 3 * unit(12, 8, seed=5)  # not normalised: rekey normalises like push
+    mem.rekey(new)
+    torch.testing.assert_close(mem.valid_keys(), F.normalize(new, dim=1))
+    torch.testing.assert_close(mem.scores[:12], mem.full_scores())
+    assert mem.labels[:12].tolist() == list(range(12)) and mem.num_filled == 12

@@ -27,7 +27,7 @@ def test_one_training_step(name, tiny_config):
         assert name == "simclr"
     else:
         assert method.memory.num_filled == 32  # 2 steps x 2 views x 8 keys
-        assert method.memory.policy == {"moco": "fifo"}.get(name, "duel")
+        assert method.memory.policy == {"moco": "fifo", "rmoco": "random"}.get(name, "duel")
         assert set(method.memory.indices.tolist()) == set(range(8))
 
 

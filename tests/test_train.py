@@ -1,3 +1,4 @@
+import json
 import math
 from dataclasses import replace
 
@@ -5,7 +6,7 @@ import pytest
 import torch
 
 from duel.config import DuelError, to_dict
-from duel.data.augment import ssl_augmentation
+from duel.data.augment import ssl_augmentation, to_unit
 from duel.data.datasets import IndexedImages
 from duel.methods import build_method
 from duel.train import pretrain
@@ -18,7 +19,7 @@ class Interrupt(Exception):
 
 def run(tiny_source, cfg, checkpoint, resume=False, stop_at_step=None):
     seed_everything(0)
-    method = build_method("dmoco", 1, cfg.pretrain)
+    method = build_method("dmoco", 1, cfg.pretrain, num_classes=3)
     augment = ssl_augmentation(cfg.pretrain.augment, 8, 1, [0.5], [0.25])
     dataset = IndexedImages(tiny_source.train, list(range(60)))
 
@@ -26,7 +27,7 @@ def run(tiny_source, cfg, checkpoint, resume=False, stop_at_step=None):
         if record["step"] == stop_at_step:
             raise Interrupt  # a kill in the middle of epoch 2, after the epoch-1 checkpoint
 
-    history = pretrain(
+    history, diagnostics = pretrain(
         method,
         dataset,
         augment,
@@ -37,7 +38,9 @@ def run(tiny_source, cfg, checkpoint, resume=False, stop_at_step=None):
         checkpoint=checkpoint,
         resume=resume,
         on_step=on_step,
+        class_counts=[40, 20, 0],
     )
+    method.diagnostics = diagnostics
     return method, history
 
 
@@ -51,6 +54,9 @@ def test_resume_ends_identical_to_an_uninterrupted_run(tiny_source, tiny_config,
     assert len(history) == len(full_history) == 3 * (60 // 8)
     for a, b in zip(history, full_history, strict=True):
         assert a["loss"] == b["loss"] and a.get("memory_entropy") == b.get("memory_entropy")
+    # One diagnostics record per epoch, the checkpointed ones restored on resume.
+    assert [d["epoch"] for d in resumed.diagnostics] == [0, 1, 2]
+    assert json.dumps(resumed.diagnostics) == json.dumps(full.diagnostics)  # NaN-aware: no tail class here
     state, expected = resumed.state_dict(), full.state_dict()
     assert state.keys() == expected.keys()
     for key in expected:  # model, key encoder and every memory array
@@ -99,3 +105,35 @@ def test_gpu_options_run_on_cpu_and_keep_the_memory_exact(tiny_source, tiny_conf
     assert memory.keys.dtype == torch.float32 and memory.num_filled == 32
     # Scores are maintained incrementally in fp32 even though the encoder ran under bf16 autocast.
     assert torch.allclose(memory.scores, memory.full_scores(), atol=1e-4)
+
+
+def test_fresh_memory_holds_the_final_encoders_keys_of_its_images(tiny_source, tiny_config, tmp_path):
+    """dmoco_fresh re-encodes the memory's images after every step: at the end its keys are the final key
+    encoder's keys of exactly those images, and the DUEL scores match them."""
+    seed_everything(0)
+    method = build_method("dmoco_fresh", 1, tiny_config.pretrain, num_classes=3)
+    dataset = IndexedImages(tiny_source.train, list(range(20, 80)))
+    augment = torch.nn.Identity()  # deterministic views, so the expected keys can be recomputed
+    pretrain(
+        method, dataset, augment, tiny_config.pretrain, seed=0, num_classes=3, config={}, checkpoint=tmp_path / "c"
+    )
+    memory = method.memory
+    images = dataset.images.images[dataset.positions(memory.indices[: memory.num_filled])]
+    # Re-encoded in training-size batches, as the loop does (train-mode BatchNorm uses batch statistics).
+    keys = torch.cat([method.keys(to_unit(x)) for x in images.split(tiny_config.pretrain.batch_size)])
+    torch.testing.assert_close(memory.valid_keys(), keys)
+    torch.testing.assert_close(memory.scores[: memory.num_filled], memory.full_scores())
+    # The plain method keeps keys of the encoder states that pushed them.
+    seed_everything(0)
+    stale = build_method("dmoco", 1, tiny_config.pretrain, num_classes=3)
+    pretrain(stale, dataset, augment, tiny_config.pretrain, seed=0, num_classes=3, config={}, checkpoint=tmp_path / "d")
+    images = dataset.images.images[dataset.positions(stale.memory.indices[: stale.memory.num_filled])]
+    keys = torch.cat([stale.keys(to_unit(x)) for x in images.split(tiny_config.pretrain.batch_size)])
+    assert not torch.allclose(stale.memory.valid_keys(), keys, atol=1e-3)
+
+
+def test_positions_map_source_indices_to_rows(tiny_source):
+    dataset = IndexedImages(tiny_source.train, [5, 17, 3, 90])
+    assert dataset.positions(torch.tensor([3, 90, 5])).tolist() == [2, 3, 0]
+    with pytest.raises(ValueError, match="not in this set"):
+        dataset.positions(torch.tensor([4]))

@@ -33,6 +33,15 @@ class IndexedImages(Dataset):
     def __getitem__(self, i: int) -> Batch:
         return self.images.load(i), self.labels[i], self.indices[i]
 
+    def positions(self, source_indices: torch.Tensor) -> torch.Tensor:
+        """The positions in this set of samples given by their source indices (all must be members)."""
+        lookup = torch.full((int(self.indices.max()) + 1,), -1, dtype=torch.long)
+        lookup[self.indices] = torch.arange(len(self.indices))
+        wanted = source_indices.cpu()
+        if len(wanted) and (wanted.min() < 0 or wanted.max() >= len(lookup) or (lookup[wanted] < 0).any()):
+            raise ValueError("some source indices are not in this set")
+        return lookup[wanted]
+
     def to(self, device: torch.device) -> IndexedImages:
         """Hold the images on `device` (in-memory sets only)."""
         assert self.images.images is not None, "only in-memory images can move to a device"

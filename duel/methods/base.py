@@ -17,12 +17,17 @@ class SSLMethod(nn.Module):
     """An encoder trained by a contrastive loss on two views of each image.
 
     Subclasses implement `training_loss`; a method with an active memory sets
-    `default_policy` (the policy `pretrain.memory.policy: auto` resolves to).
+    `default_policy` (the policy `pretrain.memory.policy: auto` resolves to)
+    and may set `refresh_memory_every`.
     """
 
     default_policy: ClassVar[str | None] = None
+    # Re-encode the memory's images with the current encoder every this many steps (0: never); see
+    # `memory_keys` and `duel.train.refresh_memory`.
+    refresh_memory_every: ClassVar[int] = 0
 
-    def __init__(self, in_channels: int, cfg: PretrainConfig) -> None:
+    def __init__(self, in_channels: int, cfg: PretrainConfig, num_classes: int = 0) -> None:
+        """`num_classes` sizes the memory's per-class diagnostics counters (0: none)."""
         super().__init__()
         self.cfg = cfg
         self.backbone, self.feature_dim = build_backbone(cfg.backbone, in_channels)
@@ -35,7 +40,7 @@ class SSLMethod(nn.Module):
         if self.default_policy is not None:
             mem = cfg.memory
             policy = self.default_policy if mem.policy == "auto" else mem.policy
-            self.memory = ActiveMemory(mem.size, cfg.proj_dim, policy, mem.temperature, mem.batch_mode)
+            self.memory = ActiveMemory(mem.size, cfg.proj_dim, policy, mem.temperature, mem.batch_mode, num_classes)
 
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features: what evaluation uses."""
@@ -66,6 +71,11 @@ class SSLMethod(nn.Module):
         # A copy: the memory is updated in place before backward runs.
         assert self.memory is not None
         return self.memory.valid_keys().clone()
+
+    @torch.no_grad()
+    def memory_keys(self, views: torch.Tensor) -> torch.Tensor:
+        """The memory entries of `views` as this method pushes them (here: detached projections)."""
+        return self.embed(views)
 
     def push(self, keys: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
         """Enqueue the keys of both views; labels and indices only feed diagnostics."""

@@ -15,8 +15,8 @@ from duel.methods.base import SSLMethod
 class MoCo(SSLMethod):
     default_policy = "fifo"
 
-    def __init__(self, in_channels: int, cfg: PretrainConfig) -> None:
-        super().__init__(in_channels, cfg)
+    def __init__(self, in_channels: int, cfg: PretrainConfig, num_classes: int = 0) -> None:
+        super().__init__(in_channels, cfg, num_classes)
         self.key_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
         self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
 
@@ -26,6 +26,9 @@ class MoCo(SSLMethod):
     @torch.no_grad()
     def keys(self, images: torch.Tensor) -> torch.Tensor:
         return F.normalize(self.key_projector(self.key_backbone(images)), dim=1)
+
+    def memory_keys(self, views: torch.Tensor) -> torch.Tensor:
+        return self.keys(views)
 
     def training_loss(self, view1, view2, labels, indices):
         q1, q2 = self.embed(view1), self.embed(view2)

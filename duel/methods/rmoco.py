@@ -1,0 +1,7 @@
+"""Random-replacement ablation of DUEL-MoCo: a full memory overwrites a uniformly random slot."""
+
+from duel.methods.moco import MoCo
+
+
+class RMoCo(MoCo):
+    default_policy = "random"
