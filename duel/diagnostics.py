@@ -144,6 +144,32 @@ def memory_diagnostics(memory: ActiveMemory, class_counts: list[int]) -> dict[st
     return out
 
 
+def replay_stream(
+    keys: torch.Tensor,
+    labels: torch.Tensor,
+    memory: ActiveMemory,
+    batch_size: int,
+    epochs: int = 1,
+    seed: int = 0,
+) -> list[float]:
+    """Stream fixed keys (e.g. features of a frozen encoder) through `memory` in shuffled batches, as
+    training would push them; returns the memory's class entropy after each epoch.
+
+    Separates the policy from training: with the encoder held still, does the policy, in this space,
+    keep a memory more uniform over classes than the stream?
+    """
+    order = torch.Generator().manual_seed(seed)
+    num_classes = int(labels.max()) + 1
+    entropy = []
+    for _ in range(epochs):
+        perm = torch.randperm(len(keys), generator=order)
+        for start in range(0, len(perm) - batch_size + 1, batch_size):
+            chunk = perm[start : start + batch_size]
+            memory.push(keys[chunk], labels[chunk], chunk)
+        entropy.append(memory.class_entropy(num_classes))
+    return entropy
+
+
 def summary_metrics(record: dict[str, Any]) -> dict[str, float]:
     """The scalars of a diagnostics record worth a curve: head shares of memory and evictions, score parts."""
     head = record["head_classes"]

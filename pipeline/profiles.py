@@ -32,6 +32,9 @@ def smallest_n_max(values: dict[str, Any]) -> int | None:
     data, prepare = values["data"], values.get("prepare", {})
     profile = prepare.get("profile", "exp")
     classes = KNOWN_CLASSES.get(data["source"])
+    train = Path(data.get("root") or "") / "train"
+    if data["source"] == "imagefolder" and not data.get("train_list") and data.get("root") and train.is_dir():
+        classes = sum(1 for p in train.iterdir() if p.is_dir())  # root/train/<class>/
     if classes is None or profile in GIVEN_PROFILES:
         return None
     match = prepare.get("match_profile", "exp")

@@ -82,3 +82,13 @@ def write_image_list_tree(root: Path, counts: list[int], size: int = 40) -> None
                 Image.fromarray(pixels[:, : size - 6]).save(folder / name, format="JPEG", quality=95)
                 lines.append(f"{folder.relative_to(root) / name} {c}")
         (root / f"ImageNet_LT_{split}.txt").write_text("\n".join(lines) + "\n")
+
+
+def write_image_folder(root: Path, per_class: int, test_per_class: int = 3, classes: int = 10, size: int = 32) -> None:
+    """train/<class>/*.jpg and test/<class>/*.jpg: the layout of the CIFAR-10 JPEG copy in ../shared/data."""
+    for split, n in (("train", per_class), ("test", test_per_class)):
+        for c in range(classes):
+            folder = root / split / f"class{c}"
+            folder.mkdir(parents=True, exist_ok=True)
+            for i, pixels in enumerate(images_for(np.full(n, c), size, seed=1000 * c + (split == "test"))):
+                Image.fromarray(pixels).save(folder / f"{i:04d}.jpg", format="JPEG", quality=95)

@@ -8,6 +8,7 @@ from duel.diagnostics import (
     SIMILARITY_BINS,
     head_classes,
     memory_diagnostics,
+    replay_stream,
     score_decomposition,
     similarity_histograms,
     summary_metrics,
@@ -125,3 +126,20 @@ def test_fresh_evictions_count_keys_overwritten_by_their_own_push():
     assert int(fifo.evicted_fresh) == 0 and fifo.born.tolist() == [2, 2, 2, 1]
     record = memory_diagnostics(duel, [7])
     assert record["fresh_eviction_share"] == pytest.approx(2 / 3) and record["memory_age"] == pytest.approx(0.75)
+
+
+def test_replay_shows_duel_balancing_separated_classes_but_not_class_free_keys():
+    """Fixed keys streamed through a memory: DUEL evens out the classes only where they form clusters."""
+    g = torch.Generator().manual_seed(0)
+    counts = [900, 25, 25, 25, 25]  # one dominant class
+    labels = torch.cat([torch.full((n,), c) for c, n in enumerate(counts)])
+    centres = F.normalize(torch.randn(5, 32, generator=g), dim=1)
+    clustered = F.normalize(centres[labels] + 0.3 * torch.randn(len(labels), 32, generator=g), dim=1)
+    scattered = F.normalize(torch.randn(len(labels), 32, generator=g), dim=1)  # no class structure
+
+    def final_entropy(keys: torch.Tensor, policy: str) -> float:
+        return replay_stream(keys, labels, ActiveMemory(200, 32, policy, temperature=0.1), 50, epochs=3)[-1]
+
+    fifo = final_entropy(clustered, "fifo")
+    assert final_entropy(clustered, "duel") > fifo + 0.3  # the head cluster is thinned out
+    assert final_entropy(scattered, "duel") < final_entropy(scattered, "fifo") + 0.05  # no gain without clusters

@@ -10,10 +10,10 @@ import yaml
 
 from duel.config import ConfigError, parse_config
 from pipeline.profiles import smallest_n_max
-from tests.fake_data import write_cifar10, write_cifar100, write_image_list_tree, write_stl10
+from tests.fake_data import write_cifar10, write_cifar100, write_image_folder, write_image_list_tree, write_stl10
 from tests.project_copy import ROOT, commit_all, copy_project, dvc, sh
 
-PAPER_PROFILES = ["cifar10_dominant", "cifar10_exp", "cifar100_lt", "stl10", "imagenet_lt"]
+PAPER_PROFILES = ["cifar10_dominant", "cifar10_exp", "cifar100_lt", "stl10", "imagenet_lt", "cifar10_dominant_cpu"]
 
 
 def use_profile(cwd, env, *args):
@@ -63,12 +63,20 @@ def test_smoke_n_max_is_the_smallest_that_keeps_every_class():
     assert smallest_n_max(values) == 82  # floor(82 * 0.1 / (0.9 * 9)) = 1
     values["prepare"]["profile"] = "natural"
     assert smallest_n_max(values) is None
+    values = {
+        "data": {"source": "imagefolder", "root": None},
+        "prepare": {"profile": "exp"},
+        "sweep": {"imbalance": [10]},
+    }
+    assert smallest_n_max(values) is None  # classes unknown until the folder is there
     with pytest.raises(ConfigError):
         parse_config({"prepare": {"profile": "file"}})  # file needs prepare.index_file
 
 
 def write_source(profile, data):
-    if profile.startswith("cifar10_"):
+    if profile == "cifar10_dominant_cpu":  # an image folder, like the JPEG copy of CIFAR-10
+        write_image_folder(data, per_class=115)
+    elif profile.startswith("cifar10_"):
         write_cifar10(data, per_class=115)
     elif profile == "cifar100_lt":
         write_cifar100(data, per_class=115)
@@ -95,7 +103,7 @@ def test_paper_profile_smoke_run_through_dvc_repro(tmp_path, profile):
     hooks.mkdir()
     env = copy_project(root)
     write_source(profile, data)
-    if profile != "imagenet_lt":  # a list-file image folder has no checksums
+    if profile.startswith(("cifar", "stl")) and profile != "cifar10_dominant_cpu":  # image folders have none
         (hooks / "sitecustomize.py").write_text(ACCEPT_FAKE_CHECKSUMS)
         env["PYTHONPATH"] += f":{hooks}"
     use_profile(root, env, profile, "--smoke", "--set", f"data.root={data}")
