@@ -111,6 +111,8 @@ def pretrain(
                 "backbone": cfg.pretrain.backbone,
                 "in_channels": source.channels,
                 "state_dict": model.backbone.state_dict(),
+                # The whole method without its memory (in memory.pt): key encoder and projectors, for analysis.
+                "method_state_dict": {k: v for k, v in model.state_dict().items() if not k.startswith("memory.")},
                 "normalize": {"mean": mean, "std": std},
                 "config": config,
             },

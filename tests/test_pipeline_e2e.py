@@ -133,6 +133,6 @@ def test_analysis_notebook_runs_on_the_study(study, monkeypatch):
     nbclient.NotebookClient(nb, timeout=300, resources={"metadata": {"path": str(root / "notebooks")}}).execute()
     outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
     assert not [o for o in outputs if o.output_type == "error"]
-    assert sum(o.output_type == "display_data" for o in outputs) == 2  # the two figures
+    assert sum(o.output_type == "display_data" for o in outputs) == 3  # two comparisons and the memory diagnostics
     tables = "".join(o.get("data", {}).get("text/plain", "") for o in outputs)
     assert "dmoco" in tables and "memory_entropy" in tables
