@@ -8,7 +8,8 @@ training set once, without augmentation, in two spaces: the memory's key space (
 keys, what DUEL scores) and the backbone space (what the probes read). The keys are then streamed in
 shuffled batches of pretrain.batch_size through memories of size K under fifo, random and duel, and the
 normalised class entropy of each memory after the last epoch is printed, next to the stream's own entropy
-and the ceiling a memory of K keys could reach (every tail image kept). The tail risk of the whole set
+and, for reference, the most uniform memory of K distinct images (as many tail images as fit; a memory can
+exceed it only by holding one image's key twice). The tail risk of the whole set
 (duel.diagnostics.tail_risk) says how strongly the densest keys are head keys in each space.
 """
 
@@ -34,8 +35,8 @@ def entropy(counts: list[float]) -> float:
     return -sum(c / total * math.log(c / total) for c in counts if c) / math.log(len(counts))
 
 
-def ceiling(counts: list[int], size: int) -> float:
-    """The most uniform class histogram a memory of `size` keys can hold (water-filling the counts)."""
+def most_uniform(counts: list[int], size: int) -> float:
+    """Entropy of the most uniform class histogram of `size` distinct images (water-filling the counts)."""
     level, left = 0, size
     for i, n in enumerate(sorted(counts)):
         share = left / (len(counts) - i)
@@ -74,7 +75,8 @@ def main() -> None:
 
     counts, size, batch = manifest["class_counts"], cfg.pretrain.memory.size, cfg.pretrain.batch_size
     print(json.dumps({"run": str(args.run), "K": size, "batch": batch, "epochs": args.epochs}))
-    print(f"stream entropy {entropy(counts):.3f}; most uniform memory of K keys {ceiling(counts, size):.3f}")
+    fits = "the whole set fits in K" if sum(counts) <= size else f"{most_uniform(counts, size):.3f}"
+    print(f"stream entropy {entropy(counts):.3f}; most uniform memory of K distinct images: {fits}")
     tail = ~head_classes(counts)
     print("| space | tau_d | tail risk | fifo | random | duel |")
     print("|---|---|---|---|---|---|")

@@ -38,7 +38,6 @@ TABLES = {
     "linear_few": ("linear_few", 100, 1, "Linear-probe top-1 on the few group (%)"),
     "memory_entropy": ("memory_entropy", 1, 3, "Normalised class entropy of the final memory"),
     "memory_head_keys": ("memory_head_keys", 1, 0, "Head-class keys in the final memory"),
-    "evicted_head_share": ("evicted_head_share", 100, 1, "Head-class share of all evictions (%)"),
 }
 
 
@@ -152,8 +151,8 @@ def load_diagnostics(method: str, imbalance: float, seed: int) -> list[dict]:
 
 def plot_flows(diagnostics: dict[str, list[dict]], title: str, path: Path) -> None:
     """Per epoch: the head classes' share of the keys inserted, of the keys evicted, and of the memory."""
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.5), sharey=True)
-    panels = (("inserted", "inserted in the epoch"), ("evicted", "evicted in the epoch"), ("histogram", "in memory"))
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
+    panels = (("inserted", "inserted in the epoch"), ("evicted", "evicted in the epoch"), ("histogram", "held in memory"))
     for ax, (key, what) in zip(axes, panels, strict=True):
         for method, records in diagnostics.items():
             head = records[0]["head_classes"]
@@ -163,9 +162,9 @@ def plot_flows(diagnostics: dict[str, list[dict]], title: str, path: Path) -> No
             total = counts.sum(1)
             share = np.divide(counts[:, head].sum(1), total, out=np.full(len(total), np.nan), where=total > 0)
             ax.plot([r["epoch"] + 1 for r in records], 100 * share, marker=".", label=method)
-        ax.set(title=f"head classes' share of keys {what}", xlabel="epoch", ylim=(0, 101))
+        ax.set(title=f"keys {what}", xlabel="epoch", ylim=(0, 101))
         ax.grid(alpha=0.3)
-    axes[0].set_ylabel("%")
+    axes[0].set_ylabel("head classes' share (%)")
     axes[-1].legend()
     fig.suptitle(title)
     save_figure(fig, path)
