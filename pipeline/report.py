@@ -152,7 +152,11 @@ def load_diagnostics(method: str, imbalance: float, seed: int) -> list[dict]:
 def plot_flows(diagnostics: dict[str, list[dict]], title: str, path: Path) -> None:
     """Per epoch: the head classes' share of the keys inserted, of the keys evicted, and of the memory."""
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.8), sharey=True)
-    panels = (("inserted", "inserted in the epoch"), ("evicted", "evicted in the epoch"), ("histogram", "held in memory"))
+    panels = (
+        ("inserted", "inserted in the epoch"),
+        ("evicted", "evicted in the epoch"),
+        ("histogram", "held in memory"),
+    )
     for ax, (key, what) in zip(axes, panels, strict=True):
         for method, records in diagnostics.items():
             head = records[0]["head_classes"]
