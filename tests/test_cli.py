@@ -123,6 +123,7 @@ def test_killed_pretrain_leaves_nothing_and_resumes_into_the_same_run(project, m
         "memory.pt",
         "metrics.json",
         "train_log.csv",
+        "memory_diagnostics.json",
     }
     assert not (project / "checkpoints/moco-imb10-s0").exists()
 
@@ -131,3 +132,6 @@ def test_killed_pretrain_leaves_nothing_and_resumes_into_the_same_run(project, m
     assert [r.info.status for r in runs] == ["FINISHED"]  # the killed run was reopened, not duplicated
     steps = sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")})
     assert steps == list(range(12))
+    # Memory diagnostics: one point per epoch, the last at the last step, across the kill and the resume.
+    ages = client.get_metric_history(runs[0].info.run_id, "memory/memory_age")
+    assert max(m.step for m in ages) == 11 and len({m.step for m in ages}) == len(ages) > 1
