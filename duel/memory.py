@@ -139,8 +139,12 @@ class ActiveMemory(nn.Module):
             for start in range(0, free, BLOCK):
                 end = min(start + BLOCK, free)
                 self._insert(self._free_slots(end - start), keys[start:end], labels[start:end], indices[start:end])
-            for i in range(free, n):
-                self._replace_most_duplicated(keys[i], labels[i], indices[i])
+            if free < n:
+                # The diagnostics counters are updated once per push from plain Python values: per-key
+                # tensor bookkeeping would double the cost of this loop on small memories.
+                labels_before, born_before = self.labels.tolist(), self.born.tolist()
+                replaced = [self._replace_most_duplicated(keys[i], labels[i], indices[i]) for i in range(free, n)]
+                self._count_replacements(replaced, labels_before, born_before, labels[free:].tolist())
             return
         # Block modes never place two keys of one block in the same slot.
         step = min(self.size, BLOCK)
@@ -197,20 +201,37 @@ class ActiveMemory(nn.Module):
         self.indices[slots] = indices
         self.filled.fill_(min(self.size, self.num_filled + len(slots)))
 
-    def _replace_most_duplicated(self, key: torch.Tensor, label: torch.Tensor, index: torch.Tensor) -> None:
-        """Greedy DUEL step on a full memory: one (K, d) x (d, 2) product, in place."""
+    def _count_replacements(
+        self, slots: list[int], labels_before: list[int], born_before: list[int], new_labels: list[int]
+    ) -> None:
+        """Diagnostics of a greedy push that wrote `new_labels` into `slots` one after another: per-class
+        insertions and evictions, same-push evictions, the slots' birth push."""
+        pushes = int(self.pushes)
+        writer: dict[int, int] = {}  # slot -> position in this push of the key now in it
+        evicted, fresh = [], 0
+        for position, slot in enumerate(slots):
+            if slot in writer:
+                evicted.append(new_labels[writer[slot]])
+            else:
+                evicted.append(labels_before[slot])
+            fresh += slot in writer or born_before[slot] == pushes  # inserted earlier in this push
+            writer[slot] = position
+        self._count(self.evicted, torch.tensor(evicted, dtype=torch.long, device=self.labels.device))
+        self._count(self.inserted, torch.tensor(new_labels, dtype=torch.long, device=self.labels.device))
+        self.evicted_fresh += fresh
+        self.born[torch.tensor(slots, device=self.born.device)] = pushes
+
+    def _replace_most_duplicated(self, key: torch.Tensor, label: torch.Tensor, index: torch.Tensor) -> int:
+        """Greedy DUEL step on a full memory: one (K, d) x (d, 2) product, in place; returns the slot."""
         j = int(self.scores.argmax())
         p = self.keys @ torch.stack([self.keys[j], key], 1)
         p = p.sub_(1).div_(self.temperature).exp_()  # p_dup(k, evicted), p_dup(k, z)
         self.scores.add_(p[:, 1]).sub_(p[:, 0])
         self.scores[j] = p[:, 1].sum() - p[j, 1]  # p[j, 1] pairs z with the evicted key, not a neighbour
-        self._count(self.evicted, self.labels[j : j + 1])
-        self._count(self.inserted, label.reshape(1))
-        self.evicted_fresh += self.born[j] == self.pushes
-        self.born[j] = self.pushes
         self.keys[j] = key
         self.labels[j] = label
         self.indices[j] = index
+        return j
 
     def _update_scores(self, slots: torch.Tensor, keys: torch.Tensor) -> None:
         """Replace `slots` by `keys` and update every score incrementally (two matmuls)."""
