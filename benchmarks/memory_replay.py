@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from duel.data.augment import normalizer, to_unit
 from duel.diagnostics import head_classes, replay_stream, tail_risk
 from duel.memory import ActiveMemory
-from duel.methods import build_method
+from duel.methods import DataInfo, build_method
 from pipeline.common import load_data, load_params
 
 
@@ -59,7 +59,8 @@ def main() -> None:
     run = saved["config"]
     cfg = load_params(args.params)
     source, manifest = load_data(cfg, run["imbalance"])
-    method = build_method(run["method"], saved["in_channels"], cfg.pretrain, source.num_classes)
+    data = DataInfo(saved["in_channels"], manifest["num_train"], source.num_classes)
+    method = build_method(run["method"], cfg.pretrain, data)
     method.load_state_dict(saved["method_state_dict"], strict=False)  # no memory: it is in memory.pt
     method.eval()
     normalize = normalizer(saved["normalize"]["mean"], saved["normalize"]["std"])

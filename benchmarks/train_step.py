@@ -26,9 +26,10 @@ import torch
 from torch import nn
 
 from duel.backbones import build_backbone
-from duel.config import PretrainConfig
+from duel.config import PretrainConfig, RuntimeConfig
 from duel.data.augment import ssl_augmentation, to_unit
-from duel.methods import METHODS, build_method
+from duel.data.datasets import Batch
+from duel.methods import METHODS, DataInfo, build_method
 from duel.train import training_step
 
 
@@ -54,25 +55,28 @@ def median_seconds(
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def ours(name: str, cfg: PretrainConfig, images: torch.Tensor, augment: nn.Module) -> Callable[[], torch.Tensor]:
+def ours(
+    name: str, cfg: PretrainConfig, runtime: RuntimeConfig, images: torch.Tensor, augment: nn.Module
+) -> Callable[[], torch.Tensor]:
     torch.manual_seed(0)
     device = images.device
-    method = build_method(name, 3, cfg).to(device).train()
-    if cfg.channels_last:
+    method = build_method(name, cfg, DataInfo(3, len(images))).to(device).train()
+    if runtime.channels_last:
         method.to(memory_format=torch.channels_last)
-    if cfg.compile:
+    if runtime.compile:
         method.compile_backbones()
-    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.01, momentum=0.9)
-    labels, indices = (
-        torch.zeros(len(images), dtype=torch.long, device=device),
-        torch.arange(len(images), device=device),
-    )
+    optimizer = torch.optim.SGD(method.param_groups(), lr=0.01, momentum=0.9)
+    positions = torch.arange(len(images), device=device)
+    batch = Batch(images, torch.zeros_like(positions), positions, positions)
     if method.memory is not None:
         method.memory.push(torch.randn(method.memory.size, method.memory.dim, device=device))
-    return lambda: training_step(method, augment, optimizer, images, labels, indices, cfg)
+    method.on_epoch_start(0, 1)
+    return lambda: training_step(method, augment, optimizer, batch, runtime, 0, 1)
 
 
-def lightly_moco(cfg: PretrainConfig, images: torch.Tensor, augment: nn.Module) -> Callable[[], torch.Tensor]:
+def lightly_moco(
+    cfg: PretrainConfig, runtime: RuntimeConfig, images: torch.Tensor, augment: nn.Module
+) -> Callable[[], torch.Tensor]:
     from lightly.loss import NTXentLoss
     from lightly.models.modules import MoCoProjectionHead
     from lightly.models.utils import deactivate_requires_grad, update_momentum
@@ -84,18 +88,18 @@ def lightly_moco(cfg: PretrainConfig, images: torch.Tensor, augment: nn.Module) 
     model = nn.ModuleDict({"backbone": backbone, "head": head}).to(device)
     momentum = copy.deepcopy(model)
     deactivate_requires_grad(momentum)
-    if cfg.channels_last:
+    if runtime.channels_last:
         model.to(memory_format=torch.channels_last)
         momentum.to(memory_format=torch.channels_last)
     criterion = NTXentLoss(cfg.temperature, memory_bank_size=(cfg.memory.size, cfg.proj_dim)).to(device)
     optimizer = torch.optim.SGD(model.parameters(), lr=0.01, momentum=0.9)
-    fmt = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    fmt = torch.channels_last if runtime.channels_last else torch.contiguous_format
 
     def step() -> torch.Tensor:
         x = to_unit(images)
         with torch.no_grad():
             v1, v2 = (augment(x).contiguous(memory_format=fmt) for _ in range(2))
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=runtime.precision == "bf16"):
             update_momentum(model, momentum, cfg.key_momentum)
             q1, q2 = (model["head"](model["backbone"](v)) for v in (v1, v2))
             with torch.no_grad():
@@ -124,13 +128,9 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="skip lightly's MoCo")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    base = PretrainConfig(
-        backbone=args.backbone,
-        batch_size=args.batch,
-        proj_dim=128,
-        precision=args.precision,
-        channels_last=args.channels_last,
-        compile=args.compile,
+    base = PretrainConfig(backbone=args.backbone, batch_size=args.batch, proj_dim=128)
+    runtime = RuntimeConfig(
+        device=args.device, precision=args.precision, channels_last=args.channels_last, compile=args.compile
     )
     cfg = replace(base, memory=replace(base.memory, size=args.memory, batch_mode=args.batch_mode))
     device = torch.device(args.device)
@@ -142,9 +142,9 @@ def main() -> None:
         f"batch_mode={args.batch_mode} precision={args.precision} channels_last={args.channels_last} "
         f"compile={args.compile} threads={torch.get_num_threads()} steps={args.steps}"
     )
-    steps = {name: ours(name, cfg, images, augment) for name in METHODS}
+    steps = {name: ours(name, cfg, runtime, images, augment) for name in METHODS}
     if not args.no_peer:
-        steps["lightly-moco"] = lightly_moco(cfg, images, augment)
+        steps["lightly-moco"] = lightly_moco(cfg, runtime, images, augment)
     seconds = median_seconds(steps, device, args.warmup, args.steps)
     print(f"{'method':>12} {'ms/step':>9} {'images/s':>9} {'vs moco':>8}")
     for name, s in seconds.items():

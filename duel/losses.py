@@ -1,4 +1,8 @@
-"""Contrastive losses as plain functions on L2-normalised embeddings."""
+"""Contrastive losses as plain functions on L2-normalised embeddings.
+
+`reduction="none"` gives one loss per query row (per view), which methods with
+per-sample state (BCL) average into one value per image.
+"""
 
 from __future__ import annotations
 
@@ -6,7 +10,9 @@ import torch
 import torch.nn.functional as F
 
 
-def info_nce(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor, temperature: float) -> torch.Tensor:
+def info_nce(
+    query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor, temperature: float, reduction: str = "mean"
+) -> torch.Tensor:
     """MoCo's InfoNCE: the positive logit q.k against q.n for every memory negative n.
 
     query, key: (B, d); negatives: (N, d), N may be 0 (an empty memory).
@@ -14,7 +20,7 @@ def info_nce(query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor, te
     positive = (query * key).sum(1, keepdim=True)
     logits = torch.cat([positive, query @ negatives.T], dim=1) / temperature
     target = torch.zeros(len(query), dtype=torch.long, device=query.device)
-    return F.cross_entropy(logits, target)
+    return F.cross_entropy(logits, target, reduction=reduction)
 
 
 def nt_xent(
@@ -22,8 +28,12 @@ def nt_xent(
     z2: torch.Tensor,
     temperature: float,
     extra_negatives: torch.Tensor | None = None,
+    reduction: str = "mean",
 ) -> torch.Tensor:
-    """SimCLR's NT-Xent over the 2B views; `extra_negatives` (N, d) are appended to every row."""
+    """SimCLR's NT-Xent over the 2B views; `extra_negatives` (N, d) are appended to every row.
+
+    With `reduction="none"`: the (2B,) loss of each view, view 1's rows first.
+    """
     z = torch.cat([z1, z2])
     n = len(z1)
     logits = z @ z.T
@@ -31,4 +41,4 @@ def nt_xent(
     if extra_negatives is not None and len(extra_negatives):
         logits = torch.cat([logits, z @ extra_negatives.T], dim=1)
     target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
-    return F.cross_entropy(logits / temperature, target)
+    return F.cross_entropy(logits / temperature, target, reduction=reduction)

@@ -17,10 +17,11 @@ from typing import Any
 import torch
 from torch import nn
 
-from duel.config import DuelError, PretrainConfig, flatten
+from duel.config import PretrainConfig, RuntimeConfig, flatten
 from duel.data.augment import to_unit
-from duel.data.datasets import IndexedImages
+from duel.data.datasets import Batch, IndexedImages
 from duel.diagnostics import memory_diagnostics
+from duel.errors import DuelError
 from duel.methods import SSLMethod
 from duel.utils import progress, rng_states, save_torch, set_rng_states
 
@@ -36,48 +37,51 @@ def training_step(
     method: SSLMethod,
     augment: nn.Module,
     optimizer: torch.optim.Optimizer,
-    images: torch.Tensor,
-    labels: torch.Tensor,
-    indices: torch.Tensor,
-    cfg: PretrainConfig,
+    batch: Batch,
+    runtime: RuntimeConfig,
+    step: int,
+    total_steps: int,
 ) -> torch.Tensor:
-    """One step on a uint8 batch already on the device: two augmented views, loss (and memory push),
-    backward, optimizer step. Returns the loss (not synchronised)."""
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
-    x = to_unit(images)
+    """One step on a uint8 batch already on the device: the method's views and loss, backward,
+    optimizer step, the method's after-step updates. Returns the loss (not synchronised)."""
+    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
+    batch = batch._replace(images=to_unit(batch.images))
     with torch.no_grad():
-        views = [augment(x).contiguous(memory_format=memory_format) for _ in range(2)]
-    with torch.autocast(x.device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
-        loss = method.training_loss(*views, labels, indices)
+        views = [v.contiguous(memory_format=memory_format) for v in method.views(batch, augment)]
+    with torch.autocast(batch.images.device.type, dtype=torch.bfloat16, enabled=runtime.precision == "bf16"):
+        output = method.training_loss(views, batch)
     optimizer.zero_grad(set_to_none=True)
-    loss.backward()
+    output.loss.backward()
     optimizer.step()
-    return loss
+    method.after_step(output, batch, step, total_steps)
+    return output.loss.detach()
 
 
 @torch.no_grad()
-def refresh_memory(method: SSLMethod, dataset: IndexedImages, augment: nn.Module, cfg: PretrainConfig) -> None:
+def refresh_memory(
+    method: SSLMethod, dataset: IndexedImages, augment: nn.Module, batch_size: int, runtime: RuntimeConfig
+) -> None:
     """Re-encode the images behind the memory's keys with the current encoder (one new augmented view
     each) and rescore the memory, so DUEL compares keys of one encoder state instead of stale ones."""
     memory = method.memory
     assert memory is not None
     device = memory.keys.device
-    memory_format = torch.channels_last if cfg.channels_last else torch.contiguous_format
+    memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
     keys = []
     positions = dataset.positions(memory.indices[: memory.num_filled])
-    for images, _, _ in dataset.batches(positions, cfg.batch_size, device, cfg.num_workers):
-        views = augment(to_unit(images)).contiguous(memory_format=memory_format)
-        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=cfg.precision == "bf16"):
+    for batch in dataset.batches(positions, batch_size, device, runtime.num_workers):
+        views = augment(to_unit(batch.images)).contiguous(memory_format=memory_format)
+        with torch.autocast(device.type, dtype=torch.bfloat16, enabled=runtime.precision == "bf16"):
             keys.append(method.memory_keys(views))
     memory.rekey(torch.cat(keys))
 
 
-def _data_on_device(dataset: IndexedImages, cfg: PretrainConfig, device: torch.device) -> bool:
+def _data_on_device(dataset: IndexedImages, runtime: RuntimeConfig, device: torch.device) -> bool:
     """Whether to hold the uint8 training set on the device: by default for small in-memory images on CUDA."""
     if not dataset.images.in_memory or device.type == "cpu":
         return False
-    if cfg.data_on_device is not None:
-        return cfg.data_on_device
+    if runtime.data_on_device is not None:
+        return runtime.data_on_device
     return dataset.images.shape[-1] <= 96
 
 
@@ -98,6 +102,7 @@ def pretrain(
     dataset: IndexedImages,
     augment: nn.Module,
     cfg: PretrainConfig,
+    runtime: RuntimeConfig,
     *,
     seed: int,
     num_classes: int,
@@ -107,22 +112,25 @@ def pretrain(
     on_step: StepCallback | None = None,
     class_counts: list[int] | None = None,
     on_epoch: EpochCallback | None = None,
+    on_method_metrics: StepCallback | None = None,
 ) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
-    """Train `method` in place; return the per-step history (loss, lr, memory entropy, images/s)
-    and the memory diagnostics (`duel.diagnostics`, one record per `cfg.diagnostics_every` epochs and
+    """Train `method` in place on `runtime`'s device; return the per-step history (loss, lr, memory
+    entropy, images/s) and the memory diagnostics (`duel.diagnostics`, one record per `cfg.diagnostics_every` epochs and
     at the end; none without a memory or `class_counts`, the training images per class).
 
-    `config` is the resolved config saved in every checkpoint; `resume` continues
-    from `checkpoint` when it exists and was written with the same config.
+    `config` is the resolved config saved in every checkpoint (machine settings are not part of it,
+    so a run resumes on another device); `resume` continues from `checkpoint` when it exists and was
+    written with the same config. `on_epoch` receives each memory diagnostics record,
+    `on_method_metrics` the method's `epoch_metrics` after every epoch.
     """
-    device = torch.device(cfg.device)
+    device = torch.device(runtime.device)
     method.to(device)
     augment.to(device)
-    if cfg.channels_last:
+    if runtime.channels_last:
         method.to(memory_format=torch.channels_last)
-    if cfg.compile:
+    if runtime.compile:
         method.compile_backbones()
-    if _data_on_device(dataset, cfg, device):
+    if _data_on_device(dataset, runtime, device):
         dataset.to(device)
     steps_per_epoch = len(dataset) // cfg.batch_size
     if steps_per_epoch == 0:
@@ -131,15 +139,14 @@ def pretrain(
             "lower pretrain.batch_size or raise prepare.n_max"
         )
     total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or cfg.epochs * steps_per_epoch)
-    params = [p for p in method.parameters() if p.requires_grad]
-    optimizer = torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.SGD(method.param_groups(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total_steps))
     order = torch.Generator().manual_seed(seed)  # the data order, saved in checkpoints
 
     start_epoch, history, diagnostics = 0, [], []
     if resume and checkpoint.exists():
         state = _load_checkpoint(checkpoint, config)
-        method.load_state_dict(state["model"])
+        method.load_state_dict(state["model"])  # weights, memory and per-sample state
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         order.set_state(state["order"])
@@ -149,24 +156,26 @@ def pretrain(
     method.train()
     epochs = math.ceil(total_steps / steps_per_epoch)
     for epoch in progress(range(start_epoch, epochs), "pretrain", total=epochs - start_epoch):
+        method.on_epoch_start(epoch, epochs)
         tic = time.perf_counter()
         perm = torch.randperm(len(dataset), generator=order)
-        for images, labels, indices in dataset.batches(perm, cfg.batch_size, device, cfg.num_workers, drop_last=True):
+        for batch in dataset.batches(perm, cfg.batch_size, device, runtime.num_workers, drop_last=True):
             if len(history) == total_steps:
                 break
             lr = scheduler.get_last_lr()[0]
-            loss = training_step(method, augment, optimizer, images, labels, indices, cfg).item()  # syncs the device
+            step = len(history)
+            loss = training_step(method, augment, optimizer, batch, runtime, step, total_steps).item()  # syncs
             scheduler.step()
             every = method.refresh_memory_every
-            if method.memory is not None and every and (len(history) + 1) % every == 0:
-                refresh_memory(method, dataset, augment, cfg)
+            if method.memory is not None and every and (step + 1) % every == 0:
+                refresh_memory(method, dataset, augment, cfg.batch_size, runtime)
             toc = time.perf_counter()
             record = {
-                "step": len(history),
+                "step": step,
                 "epoch": epoch,
                 "loss": loss,
                 "lr": lr,
-                "images_per_s": len(labels) / (toc - tic),
+                "images_per_s": len(batch.labels) / (toc - tic),
             }
             if method.memory is not None:
                 record["memory_entropy"] = method.memory.class_entropy(num_classes)
@@ -175,6 +184,8 @@ def pretrain(
             if on_step is not None:
                 on_step(record)
         last = epoch + 1 == epochs
+        if on_method_metrics is not None and (scalars := method.epoch_metrics()):
+            on_method_metrics({"step": len(history) - 1, **scalars})
         diagnose = cfg.diagnostics_every and ((epoch + 1) % cfg.diagnostics_every == 0 or last)
         if method.memory is not None and class_counts is not None and diagnose:
             record = {"epoch": epoch, "step": len(history) - 1, **memory_diagnostics(method.memory, class_counts)}

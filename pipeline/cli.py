@@ -8,7 +8,7 @@ import sys
 
 import typer
 
-from duel.config import DuelError
+from duel.errors import DuelError
 from pipeline.tracking import StageKilled
 
 STAGES = ("prepare", "pretrain", "probe", "report")

@@ -9,9 +9,11 @@ from typing import Annotated, Any
 import typer
 import yaml
 
-from duel.config import ConfigError, DuelError, StudyConfig, parse_config, validate_imbalance
+from duel.config import StudyConfig
 from duel.data.longtail import check_manifest
 from duel.data.sources import SourceData, load_source
+from duel.errors import ConfigError, DuelError
+from duel.validation import parse_config, validate_imbalance
 
 # Command-line options shared by the stages.
 MethodOption = Annotated[str, typer.Option(help="a registered method (duel.methods.METHODS), e.g. moco or dmoco")]
@@ -79,6 +81,6 @@ def read_json(path: Path, produced_by: str) -> Any:
 def load_data(cfg: StudyConfig, imbalance: float) -> tuple[SourceData, dict[str, Any]]:
     """The source and the manifest of one imbalance setting, checked against each other."""
     manifest = read_json(manifest_path(imbalance), f"prepare@{setting(imbalance)}")
-    source = load_source(cfg.data)
+    source = load_source(cfg.data, cfg.runtime)
     check_manifest(manifest, source)
     return source, manifest

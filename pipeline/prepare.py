@@ -17,7 +17,7 @@ def prepare(
     """Build the LT manifest (indices, per-class counts, seed, source fingerprint)."""
     cfg = load_params(params)
     check_imbalance(cfg, imbalance)
-    source = load_source(cfg.data)
+    source = load_source(cfg.data, cfg.runtime)
     manifest = build_manifest(source, cfg.data, cfg.prepare, imbalance)
     config = {"data": to_dict(cfg.data), "prepare": to_dict(cfg.prepare), "imbalance": imbalance}
     metrics = {"num_train": manifest["num_train"], "num_val": len(manifest["val_indices"])}

@@ -14,7 +14,7 @@ from duel.data.augment import ssl_augmentation
 from duel.data.datasets import IndexedImages
 from duel.data.sources import SourceData
 from duel.diagnostics import summary_metrics
-from duel.methods import build_method
+from duel.methods import DataInfo, build_method
 from duel.train import pretrain as train
 from duel.utils import atomic_path, save_torch, seed_everything, write_json
 from pipeline.common import (
@@ -65,12 +65,12 @@ def pretrain(
         "num_train": manifest["num_train"],
     }
 
-    seed_everything(seed, cfg.pretrain.device)
-    model = build_method(method, source.channels, cfg.pretrain, source.num_classes)
-    config["memory_policy"] = model.memory.policy if model.memory is not None else None  # `auto` resolved
+    seed_everything(seed, cfg.runtime.device)
+    dataset = pretraining_set(source, manifest["train_indices"])
+    model = build_method(method, cfg.pretrain, DataInfo(source.channels, len(dataset), source.num_classes))
+    config["memory_policy"] = model.memory_policy
     mean, std = source.channel_stats()
     augment = ssl_augmentation(cfg.pretrain.augment, source.image_size, source.channels, mean, std)
-    dataset = pretraining_set(source, manifest["train_indices"])
     checkpoint = CHECKPOINTS / run_id(method, imbalance, seed) / "last.pt"
     name = stage_name("pretrain", method, setting(imbalance), seed)
 
@@ -81,6 +81,7 @@ def pretrain(
             dataset,
             augment,
             cfg.pretrain,
+            cfg.runtime,
             seed=seed,
             num_classes=source.num_classes,
             config=config,
@@ -89,6 +90,7 @@ def pretrain(
             on_step=run.log_step,
             class_counts=manifest["class_counts"],
             on_epoch=lambda record: run.log_step({"step": record["step"], **summary_metrics(record)}, "memory"),
+            on_method_metrics=lambda record: run.log_step(record, "method"),
         )
         log = pd.DataFrame(history)
         metrics = {
@@ -126,5 +128,8 @@ def pretrain(
         run.log_metrics(metrics)
         for path in (out / "metrics.json", out / "train_log.csv", out / "memory_diagnostics.json"):
             run.log_artifact(path)
+        if sample_state := model.sample_state():  # per-sample state (BCL's scores, GH's targets) in the run
+            arrays = {"source_index": dataset.indices, **sample_state}
+            run.log_arrays("sample_state.npz", {k: v.cpu().numpy() for k, v in arrays.items()})
     # The run is complete: its outputs supersede the crash-recovery checkpoint.
     shutil.rmtree(checkpoint.parent, ignore_errors=True)

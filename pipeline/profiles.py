@@ -1,6 +1,6 @@
 """`python -m pipeline use-profile <name>`: make a versioned profile from params/ the study's params.yaml.
 
-`--set key=value` overrides single keys (e.g. data.root); `--smoke` shrinks the
+`--set key=value` overrides single keys (e.g. runtime.data_root); `--smoke` shrinks the
 profile to a CPU run of a few steps on the same code path (CI runs every
 profile this way on tiny data in the real formats). Comments in the profile,
 where its hyper-parameters are sourced, are kept.
@@ -17,9 +17,11 @@ import yaml
 from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedSeq
 
-from duel.config import GIVEN_PROFILES, DuelError, parse_config
+from duel.config import GIVEN_PROFILES
 from duel.data.longtail import class_counts
+from duel.errors import DuelError
 from duel.utils import atomic_path
+from duel.validation import parse_config
 from pipeline.common import PARAMS
 
 PROFILES = Path("params")
@@ -32,8 +34,9 @@ def smallest_n_max(values: dict[str, Any]) -> int | None:
     data, prepare = values["data"], values.get("prepare", {})
     profile = prepare.get("profile", "exp")
     classes = KNOWN_CLASSES.get(data["source"])
-    train = Path(data.get("root") or "") / "train"
-    if data["source"] == "imagefolder" and not data.get("train_list") and data.get("root") and train.is_dir():
+    root = values.get("runtime", {}).get("data_root")
+    train = Path(root or "") / "train"
+    if data["source"] == "imagefolder" and not data.get("train_list") and root and train.is_dir():
         classes = sum(1 for p in train.iterdir() if p.is_dir())  # root/train/<class>/
     if classes is None or profile in GIVEN_PROFILES:
         return None
@@ -53,17 +56,11 @@ def smoke_overrides(values: dict[str, Any]) -> dict[str, Any]:
         "sweep.seeds": sweep["seeds"][:1],
         "tracking.experiment": f"{values['tracking']['experiment']}-smoke",
         "data.image_size": 16,
-        "data.download": False,
         "pretrain.epochs": 1,
         "pretrain.max_steps": 2,
         "pretrain.batch_size": 8,
         "pretrain.memory.size": 32,
         "pretrain.checkpoint_every": 1,
-        "pretrain.num_workers": 0,
-        "pretrain.device": "cpu",
-        "pretrain.precision": "fp32",
-        "pretrain.compile": False,
-        "probe.device": "cpu",
         "probe.batch_size": 64,
         "probe.train_set": "kshot",
         "probe.shots": 2,
@@ -71,6 +68,11 @@ def smoke_overrides(values: dict[str, Any]) -> dict[str, Any]:
         "probe.c_grid": [1.0],
         "probe.knn_k": 10,
         "report.tsne_max_points": 100,
+        "runtime.download": False,
+        "runtime.num_workers": 0,
+        "runtime.device": "cpu",
+        "runtime.precision": "fp32",
+        "runtime.compile": False,
     }
     n_max = smallest_n_max({**values, "sweep": {**sweep, "imbalance": out["sweep.imbalance"]}})
     if n_max is not None:
@@ -107,7 +109,7 @@ def use_profile(
     name: Annotated[str, typer.Argument(help="a file in params/ without .yaml (digits, cifar10_exp, ...)")],
     smoke: Annotated[bool, typer.Option(help="shrink to a few CPU steps (what CI runs)")] = False,
     set_values: Annotated[
-        list[str] | None, typer.Option("--set", help="override one key, e.g. --set data.root=/data/cifar")
+        list[str] | None, typer.Option("--set", help="override one key, e.g. --set runtime.data_root=/data/cifar")
     ] = None,
     output: Annotated[Path, typer.Option(help="the params file to write")] = PARAMS,
 ) -> None:
@@ -120,7 +122,7 @@ def use_profile(
     for item in set_values or []:
         key, sep, raw = item.partition("=")
         if not sep:
-            raise DuelError(f"--set {item!r} is not key=value; e.g. --set data.root=/data/cifar")
+            raise DuelError(f"--set {item!r} is not key=value; e.g. --set runtime.data_root=/data/cifar")
         _set(doc, key.strip(), yaml.safe_load(raw))
     if smoke:
         for key, value in smoke_overrides(_plain(doc)).items():

@@ -11,6 +11,7 @@ name and baseline revision when DVC sets them.
 from __future__ import annotations
 
 import os
+import tempfile
 import time
 import urllib.error
 import urllib.request
@@ -18,7 +19,8 @@ from pathlib import Path
 from types import TracebackType
 from typing import Any
 
-from duel.config import DuelError, config_hash, flatten
+from duel.config import config_hash, flatten
+from duel.errors import DuelError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 STEP_FLUSH = 200  # per-step metrics are sent in batches: one SQLite write per 200 steps, not per step
@@ -135,6 +137,16 @@ class StageRun:
         import mlflow
 
         mlflow.log_artifact(str(path), folder)
+
+    def log_arrays(self, name: str, arrays: dict[str, Any]) -> None:
+        """Arrays as one compressed `.npz` artifact of the run (nothing is written to the project)."""
+        import mlflow
+        import numpy as np
+
+        with tempfile.TemporaryDirectory() as tmp:
+            path = Path(tmp) / name
+            np.savez_compressed(path, **arrays)
+            mlflow.log_artifact(str(path))
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         import mlflow

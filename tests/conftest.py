@@ -2,8 +2,8 @@ import numpy as np
 import pytest
 import torch
 
-from duel.config import parse_config
 from duel.data.sources import ImageSet, SourceData
+from duel.validation import parse_config
 
 
 @pytest.fixture

@@ -50,21 +50,21 @@ PRETRAIN = ["pretrain", "--method", "moco", "--imbalance", "10", "--seed", "0"]
     [
         (["pretrain", "--method", "byol", "--imbalance", "10"], None, "--method='byol' is not allowed"),
         (["prepare", "--imbalance", "0.5"], None, "--imbalance=0.5 is not allowed: the imbalance ratio r"),
-        (PRETRAIN, ("data", {"source": "cifar"}), "data.source='cifar' is not allowed"),
-        (PRETRAIN, ("pretrain", {"epochs": -1}), "pretrain.epochs=-1 is not allowed: must be > 0"),
-        (PRETRAIN, ("pretrain", {"batch_size": 512}), "pretrain.memory.size=256 is not allowed"),
-        (["prepare", "--imbalance", "0.5"], ("prepare", {"profile": "dominant"}), "sweep.imbalance=1.0"),
+        (PRETRAIN, {"data": {"source": "cifar"}}, "data.source='cifar' is not allowed"),
+        (PRETRAIN, {"pretrain": {"epochs": -1}}, "pretrain.epochs=-1 is not allowed: must be > 0"),
+        (PRETRAIN, {"pretrain": {"batch_size": 512}}, "pretrain.memory.size=256 is not allowed"),
+        (["prepare", "--imbalance", "0.5"], {"prepare": {"profile": "dominant"}}, "sweep.imbalance=1.0"),
         (
             ["prepare", "--imbalance", "10"],
-            ("data", {"source": "imagefolder", "root": "/nonexistent/cifar"}),
-            "data.root='/nonexistent/cifar' has no train/ folder",
+            {"data": {"source": "imagefolder"}, "runtime": {"data_root": "/nonexistent/cifar"}},
+            "runtime.data_root='/nonexistent/cifar' has no train/ folder",
         ),
         (PRETRAIN, None, "outputs/prepare/imb10/manifest.json is missing; run `dvc repro prepare@10` first"),
     ],
 )
 def test_bad_input_fails_in_one_line_before_any_output(project, monkeypatch, capsys, argv, edit, message):
-    if edit:
-        set_params(project, edit[0], **edit[1])
+    for section, values in (edit or {}).items():
+        set_params(project, section, **values)
     code, err = run_stage(argv, monkeypatch, capsys)
     assert code == 2
     assert err.startswith("error: ") and err.count("\n") == 1

@@ -1,6 +1,8 @@
 import pytest
 
-from duel.config import ConfigError, StudyConfig, parse_config
+from duel.config import StudyConfig
+from duel.errors import ConfigError
+from duel.validation import parse_config
 
 
 def test_empty_params_give_the_documented_defaults():
@@ -20,7 +22,9 @@ def test_empty_params_give_the_documented_defaults():
         ({"pretrain": {"epochs": "ten"}}, "pretrain.epochs='ten' is not allowed: expected int"),
         ({"pretrain": {"lr_typo": 1}}, "pretrain.lr_typo=1 is not allowed: unknown key; allowed: backbone"),
         ({"probe": {"train_set": "test"}}, "probe.train_set='test' is not allowed: balanced, lt or kshot"),
-        ({"pretrain": {"memory": {"policy": "lru"}}}, "pretrain.memory.policy='lru'"),
+        ({"runtime": {"precision": "fp16"}}, "runtime.precision='fp16' is not allowed: fp32 or bf16"),
+        ({"data": {"source": "cifar10"}}, "runtime.data_root=None is not allowed: source cifar10 needs a folder"),
+        ({"pretrain": {"method_kwargs": {"byol": {}}}}, "pretrain.method_kwargs='byol' is not allowed: known methods"),
     ],
 )
 def test_bad_params_name_key_value_and_what_is_allowed(values, message):

@@ -1,44 +1,75 @@
-from dataclasses import replace
-
 import pytest
 import torch
 
+from duel.config import RuntimeConfig
+from duel.data.augment import ssl_augmentation, to_unit
+from duel.data.datasets import Batch
+from duel.errors import ConfigError
 from duel.losses import info_nce, nt_xent
-from duel.methods import METHODS, build_method
+from duel.methods import METHODS, DataInfo, build_method
+from duel.train import training_step
+from duel.validation import parse_config
+
+
+def tiny_batch(n: int = 8) -> Batch:
+    g = torch.Generator().manual_seed(0)
+    images = torch.randint(0, 256, (n, 1, 8, 8), dtype=torch.uint8, generator=g)
+    return Batch(images, torch.arange(n) % 3, torch.arange(100, 100 + n), torch.arange(n))
+
+
+def tiny_method(name: str, cfg, num_samples: int = 8):
+    return build_method(name, cfg.pretrain, DataInfo(channels=1, num_samples=num_samples, num_classes=3))
 
 
 @pytest.mark.parametrize("name", list(METHODS))
 def test_one_training_step(name, tiny_config):
     torch.manual_seed(0)
-    method = build_method(name, 1, tiny_config.pretrain)
-    x1, x2 = torch.randn(8, 1, 8, 8), torch.randn(8, 1, 8, 8)
-    labels, indices = torch.arange(8) % 3, torch.arange(8)
+    method = tiny_method(name, tiny_config)
+    augment = ssl_augmentation(tiny_config.pretrain.augment, 8, 1, [0.5], [0.25])
+    batch = tiny_batch()
     before = [p.detach().clone() for p in method.backbone.parameters()]
-    optimizer = torch.optim.SGD([p for p in method.parameters() if p.requires_grad], lr=0.1)
-    for _ in range(2):  # the second step sees a non-empty memory
-        loss = method.training_loss(x1, x2, labels, indices)
-        optimizer.zero_grad()
-        loss.backward()
-        optimizer.step()
+    optimizer = torch.optim.SGD(method.param_groups(), lr=0.1)
+    for step in range(2):  # the second step sees a non-empty memory
+        method.on_epoch_start(step, 2)
+        loss = training_step(method, augment, optimizer, batch, RuntimeConfig(), step, 2)
     assert torch.isfinite(loss) and loss > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, method.backbone.parameters(), strict=True))
-    assert method(x1).shape == (8, method.feature_dim)
+    assert method(to_unit(batch.images)).shape == (8, method.feature_dim)
     if method.memory is None:
-        assert name == "simclr"
+        assert method.memory_policy is None
     else:
         assert method.memory.num_filled == 32  # 2 steps x 2 views x 8 keys
-        assert method.memory.policy == {"moco": "fifo", "rmoco": "random"}.get(name, "duel")
-        assert set(method.memory.indices.tolist()) == set(range(8))
+        assert method.memory.policy == {"moco": "fifo", "rmoco": "random", "rsimclr": "random"}.get(name, "duel")
+        assert set(method.memory.indices.tolist()) == set(range(100, 108))
 
 
-def test_policy_override_for_the_random_ablation(tiny_config):
-    cfg = tiny_config.pretrain
-    ablation = replace(cfg, memory=replace(cfg.memory, policy="random"))
-    assert build_method("dmoco", 1, ablation).memory.policy == "random"
+def test_losses_are_free_of_side_effects_and_after_step_pushes(tiny_config):
+    """training_loss only computes; the memory push and the key-encoder update happen in after_step."""
+    method = tiny_method("moco", tiny_config)
+    batch = tiny_batch()._replace(images=torch.rand(8, 1, 8, 8))
+    keys_before = [p.clone() for p in method.key_backbone.parameters()]
+    output = method.training_loss([batch.images, batch.images.flip(-1)], batch)
+    assert method.memory.num_filled == 0
+    assert output.per_sample.shape == (8,) and not output.per_sample.requires_grad
+    torch.testing.assert_close(output.per_sample.mean(), output.loss.detach())
+    with torch.no_grad():
+        for p in method.backbone.parameters():
+            p.add_(1.0)
+    method.after_step(output, batch, 0, 1)
+    assert method.memory.num_filled == 16
+    assert all(not torch.equal(a, b) for a, b in zip(keys_before, method.key_backbone.parameters(), strict=True))
+
+
+def test_memory_variants_are_registered_methods_not_config_strings(tiny_config):
+    policies = {name: cls.memory_policy for name, cls in METHODS.items()}
+    assert policies["rmoco"] == policies["rsimclr"] == "random"
+    assert policies["dmoco"] == policies["dsimclr"] == "duel"
+    with pytest.raises(ConfigError, match=r"pretrain\.memory\.policy='random' is not allowed: unknown key"):
+        parse_config({"pretrain": {"memory": {"policy": "random"}}})
 
 
 def test_moco_key_encoder_follows_by_momentum(tiny_config):
-    method = build_method("moco", 1, tiny_config.pretrain)
+    method = tiny_method("moco", tiny_config)
     with torch.no_grad():
         for p in method.backbone.parameters():
             p.add_(1.0)

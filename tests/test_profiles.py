@@ -8,7 +8,8 @@ import pandas as pd
 import pytest
 import yaml
 
-from duel.config import ConfigError, parse_config
+from duel.errors import ConfigError
+from duel.validation import parse_config
 from pipeline.profiles import smallest_n_max
 from tests.fake_data import write_cifar10, write_cifar100, write_image_folder, write_image_list_tree, write_stl10
 from tests.project_copy import ROOT, commit_all, copy_project, dvc, sh
@@ -29,12 +30,12 @@ def test_every_profile_is_valid_and_params_yaml_is_the_digits_profile():
 
 def test_use_profile_applies_overrides_keeps_comments_and_refuses_bad_values(tmp_path):
     env = copy_project(tmp_path)
-    out = use_profile(tmp_path, env, "cifar10_exp", "--set", "data.root=/data/c10", "--set", "sweep.seeds=[4]")
+    out = use_profile(tmp_path, env, "cifar10_exp", "--set", "runtime.data_root=/data/c10", "--set", "sweep.seeds=[4]")
     assert "params.yaml <- params/cifar10_exp.yaml" in out
     text = (tmp_path / "params.yaml").read_text()
     assert "[SDCLR]" in text and text.startswith("# Written by `python -m pipeline use-profile cifar10_exp")
     values = yaml.safe_load(text)
-    assert values["data"]["root"] == "/data/c10" and values["sweep"]["seeds"] == [4]
+    assert values["runtime"]["data_root"] == "/data/c10" and values["sweep"]["seeds"] == [4]
     assert values["pretrain"]["epochs"] == 200
 
     before = (tmp_path / "params.yaml").read_text()
@@ -106,7 +107,7 @@ def test_paper_profile_smoke_run_through_dvc_repro(tmp_path, profile):
     if profile.startswith(("cifar", "stl")) and profile != "cifar10_dominant_cpu":  # image folders have none
         (hooks / "sitecustomize.py").write_text(ACCEPT_FAKE_CHECKSUMS)
         env["PYTHONPATH"] += f":{hooks}"
-    use_profile(root, env, profile, "--smoke", "--set", f"data.root={data}")
+    use_profile(root, env, profile, "--smoke", "--set", f"runtime.data_root={data}")
     commit_all(root, env, f"{profile} smoke")
     dvc(root, env, "repro")
 

@@ -5,10 +5,11 @@ from dataclasses import replace
 import pytest
 import torch
 
-from duel.config import DuelError, to_dict
+from duel.config import RuntimeConfig, to_dict
 from duel.data.augment import ssl_augmentation, to_unit
 from duel.data.datasets import IndexedImages
-from duel.methods import build_method
+from duel.errors import DuelError
+from duel.methods import DataInfo, build_method
 from duel.train import pretrain
 from duel.utils import seed_everything
 
@@ -17,11 +18,11 @@ class Interrupt(Exception):
     pass
 
 
-def run(tiny_source, cfg, checkpoint, resume=False, stop_at_step=None):
+def run(tiny_source, cfg, checkpoint, resume=False, stop_at_step=None, name="dmoco", runtime=None):
     seed_everything(0)
-    method = build_method("dmoco", 1, cfg.pretrain, num_classes=3)
-    augment = ssl_augmentation(cfg.pretrain.augment, 8, 1, [0.5], [0.25])
     dataset = IndexedImages(tiny_source.train, list(range(60)))
+    method = build_method(name, cfg.pretrain, DataInfo(1, len(dataset), 3))
+    augment = ssl_augmentation(cfg.pretrain.augment, 8, 1, [0.5], [0.25])
 
     def on_step(record):
         if record["step"] == stop_at_step:
@@ -32,6 +33,7 @@ def run(tiny_source, cfg, checkpoint, resume=False, stop_at_step=None):
         dataset,
         augment,
         cfg.pretrain,
+        runtime or RuntimeConfig(),
         seed=0,
         num_classes=3,
         config=to_dict(cfg.pretrain),
@@ -72,7 +74,7 @@ def test_resume_refuses_a_checkpoint_of_another_config(tiny_source, tiny_config,
 
 def test_too_small_training_set_is_a_clear_error(tiny_source, tiny_config, tmp_path):
     seed_everything(0)
-    method = build_method("moco", 1, tiny_config.pretrain)
+    method = build_method("moco", tiny_config.pretrain, DataInfo(1, 3))
     augment = ssl_augmentation(tiny_config.pretrain.augment, 8, 1, [0.5], [0.25])
     with pytest.raises(DuelError, match=r"fewer than pretrain\.batch_size=8"):
         pretrain(
@@ -80,6 +82,7 @@ def test_too_small_training_set_is_a_clear_error(tiny_source, tiny_config, tmp_p
             IndexedImages(tiny_source.train, [0, 1, 2]),
             augment,
             tiny_config.pretrain,
+            RuntimeConfig(),
             seed=0,
             num_classes=3,
             config={},
@@ -98,8 +101,9 @@ def test_max_steps_stops_early_and_ends_the_cosine_schedule(tiny_source, tiny_co
 @pytest.mark.parametrize("compile_backbones", [False, True])
 def test_gpu_options_run_on_cpu_and_keep_the_memory_exact(tiny_source, tiny_config, tmp_path, compile_backbones):
     """bf16 autocast, channels_last and torch.compile: the same code path a GPU run takes."""
-    fast = replace(tiny_config.pretrain, precision="bf16", channels_last=True, compile=compile_backbones, max_steps=6)
-    method, history = run(tiny_source, replace(tiny_config, pretrain=fast), tmp_path / "ck.pt")
+    fast = RuntimeConfig(precision="bf16", channels_last=True, compile=compile_backbones)
+    cfg = replace(tiny_config, pretrain=replace(tiny_config.pretrain, max_steps=6))
+    method, history = run(tiny_source, cfg, tmp_path / "ck.pt", runtime=fast)
     assert len(history) == 6 and all(math.isfinite(r["loss"]) for r in history)
     memory = method.memory
     assert memory.keys.dtype == torch.float32 and memory.num_filled == 32
@@ -111,11 +115,12 @@ def test_fresh_memory_holds_the_final_encoders_keys_of_its_images(tiny_source, t
     """dmoco_fresh re-encodes the memory's images after every step: at the end its keys are the final key
     encoder's keys of exactly those images, and the DUEL scores match them."""
     seed_everything(0)
-    method = build_method("dmoco_fresh", 1, tiny_config.pretrain, num_classes=3)
     dataset = IndexedImages(tiny_source.train, list(range(20, 80)))
+    method = build_method("dmoco_fresh", tiny_config.pretrain, DataInfo(1, len(dataset), 3))
     augment = torch.nn.Identity()  # deterministic views, so the expected keys can be recomputed
+    cpu = RuntimeConfig()
     pretrain(
-        method, dataset, augment, tiny_config.pretrain, seed=0, num_classes=3, config={}, checkpoint=tmp_path / "c"
+        method, dataset, augment, tiny_config.pretrain, cpu, seed=0, num_classes=3, config={}, checkpoint=tmp_path / "c"
     )
     memory = method.memory
     images = dataset.images.images[dataset.positions(memory.indices[: memory.num_filled])]
@@ -125,8 +130,10 @@ def test_fresh_memory_holds_the_final_encoders_keys_of_its_images(tiny_source, t
     torch.testing.assert_close(memory.scores[: memory.num_filled], memory.full_scores())
     # The plain method keeps keys of the encoder states that pushed them.
     seed_everything(0)
-    stale = build_method("dmoco", 1, tiny_config.pretrain, num_classes=3)
-    pretrain(stale, dataset, augment, tiny_config.pretrain, seed=0, num_classes=3, config={}, checkpoint=tmp_path / "d")
+    stale = build_method("dmoco", tiny_config.pretrain, DataInfo(1, len(dataset), 3))
+    pretrain(
+        stale, dataset, augment, tiny_config.pretrain, cpu, seed=0, num_classes=3, config={}, checkpoint=tmp_path / "d"
+    )
     images = dataset.images.images[dataset.positions(stale.memory.indices[: stale.memory.num_filled])]
     keys = torch.cat([stale.keys(to_unit(x)) for x in images.split(tiny_config.pretrain.batch_size)])
     assert not torch.allclose(stale.memory.valid_keys(), keys, atol=1e-3)

@@ -8,6 +8,7 @@ decoded by DataLoader workers and copied through pinned memory.
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import NamedTuple
 
 import numpy as np
 import torch
@@ -15,7 +16,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from duel.data.sources import ImageSet
 
-Batch = tuple[torch.Tensor, torch.Tensor, torch.Tensor]  # uint8 images, labels, source indices
+
+class Batch(NamedTuple):
+    images: torch.Tensor  # uint8 as stored (the training step hands methods floats in [0, 1])
+    labels: torch.Tensor  # analysis only: never used for training
+    indices: torch.Tensor  # into the source: the identity of a sample across runs and stages
+    positions: torch.Tensor  # into this set: the rows of per-sample state
 
 
 class IndexedImages(Dataset):
@@ -31,7 +37,7 @@ class IndexedImages(Dataset):
         return len(self.indices)
 
     def __getitem__(self, i: int) -> Batch:
-        return self.images.load(i), self.labels[i], self.indices[i]
+        return Batch(self.images.load(i), self.labels[i], self.indices[i], torch.tensor(i))
 
     def positions(self, source_indices: torch.Tensor) -> torch.Tensor:
         """The positions in this set of samples given by their source indices (all must be members)."""
@@ -61,8 +67,8 @@ class IndexedImages(Dataset):
                 x = stored[idx.to(stored.device)]
                 if x.device != device:
                     x = (x.pin_memory() if pin else x).to(device, non_blocking=True)
-                yield x, self.labels[idx].to(device), self.indices[idx].to(device)
+                yield Batch(x, self.labels[idx].to(device), self.indices[idx].to(device), idx.to(device))
             return
         loader = DataLoader(self, batch_sampler=[c.tolist() for c in chunks], num_workers=num_workers, pin_memory=pin)
-        for x, labels, indices in loader:
-            yield x.to(device, non_blocking=True), labels.to(device), indices.to(device)
+        for x, labels, indices, positions in loader:
+            yield Batch(x.to(device, non_blocking=True), labels.to(device), indices.to(device), positions.to(device))

@@ -17,7 +17,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from duel.config import DataConfig, DuelError
+from duel.config import DataConfig, RuntimeConfig
+from duel.errors import DuelError
 
 STATS_SAMPLE = 2000  # images a lazy set's channel statistics are estimated on
 
@@ -164,14 +165,14 @@ def _stratified_split(labels: np.ndarray, fraction: float, seed: int) -> tuple[n
     return np.sort(keep), np.sort(held)
 
 
-def _root(cfg: DataConfig, holds: str) -> Path:
-    if cfg.root is None:
-        raise DataError(f"data.root is not set; point it at the folder holding {holds}")
-    return Path(cfg.root).expanduser()
+def _root(runtime: RuntimeConfig, holds: str) -> Path:
+    if runtime.data_root is None:
+        raise DataError(f"runtime.data_root is not set; point it at the folder holding {holds}")
+    return Path(runtime.data_root).expanduser()
 
 
 # ------------------------------------------------------------------ embedded
-def load_digits(cfg: DataConfig) -> SourceData:
+def load_digits(cfg: DataConfig, runtime: RuntimeConfig) -> SourceData:
     """scikit-learn's bundled 8x8 digits (no download); the test split is carved with a fixed seed."""
     from sklearn.datasets import load_digits as sk_digits
 
@@ -183,25 +184,25 @@ def load_digits(cfg: DataConfig) -> SourceData:
 
 
 # --------------------------------------------------------------- torchvision
-def _torchvision(cls: type, cfg: DataConfig, folder: str, **kwargs) -> object:
-    root = _root(cfg, f"{folder} (or where data.download: true should put it)")
+def _torchvision(cls: type, runtime: RuntimeConfig, folder: str, **kwargs) -> object:
+    root = _root(runtime, f"{folder} (or where runtime.download: true should put it)")
     try:
-        return cls(str(root), download=cfg.download, **kwargs)
+        return cls(str(root), download=runtime.download, **kwargs)
     except RuntimeError as exc:
         raise DataError(
-            f"{cls.__name__} not found or corrupt under {root} ({exc}); set data.download: true (needs internet) "
-            f"or point data.root at the folder holding {folder}"
+            f"{cls.__name__} not found or corrupt under {root} ({exc}); set runtime.download: true (needs internet) "
+            f"or point runtime.data_root at the folder holding {folder}"
         ) from exc
 
 
-def _cifar(cls_name: str, folder: str) -> Callable[[DataConfig], SourceData]:
-    def load(cfg: DataConfig) -> SourceData:
+def _cifar(cls_name: str, folder: str) -> Loader:
+    def load(cfg: DataConfig, runtime: RuntimeConfig) -> SourceData:
         import torchvision.datasets as tvd
 
         cls = getattr(tvd, cls_name)
         splits = []
         for train in (True, False):
-            ds = _torchvision(cls, cfg, folder, train=train)
+            ds = _torchvision(cls, runtime, folder, train=train)
             images = torch.from_numpy(ds.data).permute(0, 3, 1, 2).contiguous()  # (N, 32, 32, 3) -> NCHW
             splits.append(ImageSet(np.asarray(ds.targets, dtype=np.int64), images=_resize(images, cfg.image_size)))
         return SourceData(cls_name.lower(), list(ds.classes), *splits)
@@ -210,13 +211,13 @@ def _cifar(cls_name: str, folder: str) -> Callable[[DataConfig], SourceData]:
     return load
 
 
-def load_stl10(cfg: DataConfig) -> SourceData:
+def load_stl10(cfg: DataConfig, runtime: RuntimeConfig) -> SourceData:
     """torchvision's STL10 (binaries under root/stl10_binary); `data.unlabeled` adds its 100k unlabeled images."""
     from torchvision.datasets import STL10
 
     splits = {}
     for name in ("train", "test", "unlabeled") if cfg.unlabeled else ("train", "test"):
-        ds = _torchvision(STL10, cfg, "stl10_binary", split=name)
+        ds = _torchvision(STL10, runtime, "stl10_binary", split=name)
         images = _resize(torch.from_numpy(ds.data), cfg.image_size)
         splits[name] = ImageSet(np.asarray(ds.labels, dtype=np.int64), images=images)
     return SourceData("stl10", list(ds.classes), splits["train"], splits["test"], unlabeled=splits.get("unlabeled"))
@@ -224,7 +225,7 @@ def load_stl10(cfg: DataConfig) -> SourceData:
 
 # --------------------------------------------------------------- imagefolder
 def _read_list(root: Path, list_file: str) -> tuple[list[str], np.ndarray]:
-    """`relative/path label` lines (the ImageNet-LT split files); paths relative to data.root."""
+    """`relative/path label` lines (the ImageNet-LT split files); paths relative to runtime.data_root."""
     path = Path(list_file).expanduser()
     path = path if path.is_absolute() else root / path
     if not path.is_file():
@@ -266,7 +267,7 @@ def _image_set(files: list[str], labels: np.ndarray, cfg: DataConfig, where: str
     if cfg.lazy:
         missing = next((f for f in files if not os.path.isfile(f)), None)
         if missing is not None:
-            raise DataError(f"{missing} (listed in {where}) does not exist; fix data.root or the list file")
+            raise DataError(f"{missing} (listed in {where}) does not exist; fix runtime.data_root or the list file")
         return ImageSet(labels, files=files, size=cfg.image_size)
     images = [decode_image(f, cfg.image_size) for f in files]
     shapes = {tuple(t.shape) for t in images}
@@ -275,15 +276,17 @@ def _image_set(files: list[str], labels: np.ndarray, cfg: DataConfig, where: str
     return ImageSet(labels, images=torch.stack(images))
 
 
-def load_imagefolder(cfg: DataConfig) -> SourceData:
+def load_imagefolder(cfg: DataConfig, runtime: RuntimeConfig) -> SourceData:
     """`root/train/<class>/<image>` (+ `root/test/...`), or the images named by `data.*_list` files."""
-    root = _root(cfg, "train/<class>/<image> or the files of data.train_list")
+    root = _root(runtime, "train/<class>/<image> or the files of data.train_list")
     if cfg.train_list is not None:
         files, labels = _read_list(root, cfg.train_list)
         classes = _list_classes(files, labels, cfg.train_list)
     else:
         if not (root / "train").is_dir():
-            raise DataError(f"data.root={str(root)!r} has no train/ folder; point data.root at the dataset folder")
+            raise DataError(
+                f"runtime.data_root={str(root)!r} has no train/ folder; point runtime.data_root at the dataset folder"
+            )
         files, labels, classes = _folder_files(root / "train", None)
     train = _image_set(files, labels, cfg, cfg.train_list or str(root / "train"))
 
@@ -306,7 +309,10 @@ def load_imagefolder(cfg: DataConfig) -> SourceData:
     return SourceData("imagefolder", classes, train, test, val_indices=val_indices)
 
 
-SOURCES: dict[str, Callable[[DataConfig], SourceData]] = {
+Loader = Callable[[DataConfig, RuntimeConfig], SourceData]  # one per source name in SOURCES
+
+
+SOURCES: dict[str, Loader] = {
     "digits": load_digits,
     "cifar10": _cifar("CIFAR10", "cifar-10-batches-py"),
     "cifar100": _cifar("CIFAR100", "cifar-100-python"),
@@ -315,5 +321,6 @@ SOURCES: dict[str, Callable[[DataConfig], SourceData]] = {
 }
 
 
-def load_source(cfg: DataConfig) -> SourceData:
-    return SOURCES[cfg.source](cfg)
+def load_source(cfg: DataConfig, runtime: RuntimeConfig | None = None) -> SourceData:
+    """The source named by `cfg`, found where `runtime` says (sources on disk need runtime.data_root)."""
+    return SOURCES[cfg.source](cfg, runtime or RuntimeConfig())

@@ -24,5 +24,5 @@ def extract_features(
     normalize.to(dev)
     order = torch.arange(len(dataset))
     batches = dataset.batches(order, batch_size, dev, num_workers)
-    feats = [encoder(normalize(to_unit(x))).float().cpu() for x, _, _ in batches]
+    feats = [encoder(normalize(to_unit(batch.images))).float().cpu() for batch in batches]
     return torch.cat(feats).numpy()

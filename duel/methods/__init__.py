@@ -1,12 +1,13 @@
 """Method registry: adding a method is one file plus one line here."""
 
 from duel.config import PretrainConfig
-from duel.methods.base import SSLMethod
+from duel.methods.base import DataInfo, SSLMethod, StepOutput
 from duel.methods.dmoco import DMoCo
 from duel.methods.dmoco_fresh import DMoCoFresh
 from duel.methods.dsimclr import DSimCLR
 from duel.methods.moco import MoCo
 from duel.methods.rmoco import RMoCo
+from duel.methods.rsimclr import RSimCLR
 from duel.methods.simclr import SimCLR
 
 METHODS: dict[str, type[SSLMethod]] = {
@@ -16,11 +17,14 @@ METHODS: dict[str, type[SSLMethod]] = {
     "rmoco": RMoCo,
     "simclr": SimCLR,
     "dsimclr": DSimCLR,
+    "rsimclr": RSimCLR,
 }
 
 
-def build_method(name: str, in_channels: int, cfg: PretrainConfig, num_classes: int = 0) -> SSLMethod:
-    return METHODS[name](in_channels, cfg, num_classes)
+def build_method(name: str, cfg: PretrainConfig, data: DataInfo) -> SSLMethod:
+    """The method registered as `name`, with its hyper-parameters from `pretrain.method_kwargs.<name>`."""
+    cls = METHODS[name]
+    return cls(cfg, data, cls.parse_params(cfg.method_kwargs.get(name), f"pretrain.method_kwargs.{name}"))
 
 
-__all__ = ["METHODS", "SSLMethod", "build_method"]
+__all__ = ["METHODS", "DataInfo", "SSLMethod", "StepOutput", "build_method"]

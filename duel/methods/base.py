@@ -1,47 +1,139 @@
-"""The shared base of every SSL method: encoder, projector, momentum pairs, memory."""
+"""The shared base of every SSL method: encoder, projector, lifecycle hooks, per-sample state, memory.
+
+The training loop (`duel.train`) drives a method through these hooks, in order:
+
+    on_epoch_start(epoch, epochs)             re-pruning, score normalisation, prior re-estimation
+    per step:
+        views(batch, augment)                 the augmented views (a method may own its augmentation)
+        training_loss(views, batch)           -> StepOutput; no side effects on the method's state
+        (backward, optimizer step)
+        after_step(output, batch, step, total_steps)   momentum encoders, memory push, per-sample updates
+    epoch_metrics()                           scalars logged once per epoch (e.g. per-sample state summaries)
+
+`param_groups()` gives the optimizer its parameter groups. Per-sample state
+(`register_sample_state`) is a buffer with one row per training sample, indexed
+by the sample's position in the pretraining set (`Batch.positions`), so it is
+saved in checkpoints and restored exactly like the weights.
+"""
 
 from __future__ import annotations
 
-from typing import ClassVar
+from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from duel.backbones import build_backbone
-from duel.config import PretrainConfig
+from duel.config import PretrainConfig, build_config
+from duel.data.datasets import Batch
 from duel.memory import ActiveMemory
 
 
-class SSLMethod(nn.Module):
-    """An encoder trained by a contrastive loss on two views of each image.
+@dataclass(frozen=True)
+class DataInfo:
+    """What a method needs to know about its training data."""
 
-    Subclasses implement `training_loss`; a method with an active memory sets
-    `default_policy` (the policy `pretrain.memory.policy: auto` resolves to)
-    and may set `refresh_memory_every`.
+    channels: int
+    num_samples: int  # rows of per-sample state: the size of the pretraining set
+    num_classes: int = 0  # sizes the memory's per-class diagnostics counters (0: none); labels never train
+
+
+@dataclass
+class StepOutput:
+    loss: torch.Tensor  # the scalar that is backpropagated
+    per_sample: torch.Tensor  # (B,) detached loss of each image (the mean over its views)
+    keys: torch.Tensor | None = None  # the memory entries of this batch (view 1 then view 2), pushed in after_step
+
+
+@dataclass(frozen=True)
+class NoParams:
+    """A method without hyper-parameters of its own."""
+
+
+class SSLMethod(nn.Module):
+    """An encoder trained by a contrastive loss on augmented views of each image.
+
+    Subclasses implement `training_loss` and override the hooks they need. A method with
+    an active memory sets `memory_policy`; its own hyper-parameters are a frozen dataclass
+    `Params` (filled from `pretrain.method_kwargs.<name>`), checked by `check_params`.
     """
 
-    default_policy: ClassVar[str | None] = None
+    Params: ClassVar[type] = NoParams
+    memory_policy: ClassVar[str | None] = None  # fifo | random | duel (duel.memory.POLICIES); None: no memory
     # Re-encode the memory's images with the current encoder every this many steps (0: never); see
     # `memory_keys` and `duel.train.refresh_memory`.
     refresh_memory_every: ClassVar[int] = 0
 
-    def __init__(self, in_channels: int, cfg: PretrainConfig, num_classes: int = 0) -> None:
-        """`num_classes` sizes the memory's per-class diagnostics counters (0: none)."""
+    def __init__(self, cfg: PretrainConfig, data: DataInfo, params: Any = None) -> None:
         super().__init__()
-        self.cfg = cfg
-        self.backbone, self.feature_dim = build_backbone(cfg.backbone, in_channels)
+        self.cfg, self.data = cfg, data
+        self.params = params if params is not None else self.Params()
+        self.backbone, self.feature_dim = build_backbone(cfg.backbone, data.channels)
         self.projector = nn.Sequential(
             nn.Linear(self.feature_dim, self.feature_dim),
             nn.ReLU(inplace=True),
             nn.Linear(self.feature_dim, cfg.proj_dim),
         )
         self.memory: ActiveMemory | None = None
-        if self.default_policy is not None:
+        if self.memory_policy is not None:
             mem = cfg.memory
-            policy = self.default_policy if mem.policy == "auto" else mem.policy
-            self.memory = ActiveMemory(mem.size, cfg.proj_dim, policy, mem.temperature, mem.batch_mode, num_classes)
+            self.memory = ActiveMemory(
+                mem.size, cfg.proj_dim, self.memory_policy, mem.temperature, mem.batch_mode, data.num_classes
+            )
+        self._sample_state: list[str] = []
 
+    # ------------------------------------------------------------ parameters
+    @classmethod
+    def parse_params(cls, values: dict[str, Any] | None, key: str) -> Any:
+        """This method's `Params` from the mapping at params key `key`, types and values checked."""
+        params = build_config(cls.Params, values, key)
+        cls.check_params(params, key)
+        return params
+
+    @classmethod
+    def check_params(cls, params: Any, key: str) -> None:
+        """Raise `duel.errors.ConfigError` for a bad value (bounds the type alone does not say)."""
+
+    def param_groups(self) -> list[dict[str, Any]]:
+        """The optimizer's parameter groups: by default every trainable parameter, one group."""
+        return [{"params": [p for p in self.parameters() if p.requires_grad]}]
+
+    # ------------------------------------------------------- per-sample state
+    def register_sample_state(self, name: str, *shape: int, fill: float = 0.0) -> None:
+        """A float buffer `name` of shape (num_samples, *shape), one row per training sample."""
+        self.register_buffer(name, torch.full((self.data.num_samples, *shape), fill))
+        self._sample_state.append(name)
+
+    def sample_state(self) -> dict[str, torch.Tensor]:
+        """Every per-sample buffer by name (what the pretrain stage saves next to the run)."""
+        return {name: getattr(self, name) for name in self._sample_state}
+
+    # ---------------------------------------------------------------- hooks
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        """Called before the first step of every epoch (also the first epoch after a resume)."""
+
+    def views(self, batch: Batch, augment: nn.Module) -> list[torch.Tensor]:
+        """Two independently augmented views of the batch's images (float in [0, 1])."""
+        return [augment(batch.images) for _ in range(2)]
+
+    def training_loss(self, views: list[torch.Tensor], batch: Batch) -> StepOutput:
+        raise NotImplementedError
+
+    @torch.no_grad()
+    def after_step(self, output: StepOutput, batch: Batch, step: int, total_steps: int) -> None:
+        """After the optimizer step: momentum encoders follow, the batch's keys enter the memory."""
+        self.momentum_update()
+        if self.memory is not None and output.keys is not None:
+            # Labels and indices only feed diagnostics.
+            self.memory.push(output.keys, batch.labels.repeat(2), batch.indices.repeat(2))
+
+    def epoch_metrics(self) -> dict[str, float]:
+        """Scalars logged once per epoch, e.g. summaries of per-sample state."""
+        return {}
+
+    # --------------------------------------------------------------- shared
     def forward(self, images: torch.Tensor) -> torch.Tensor:
         """Backbone features: what evaluation uses."""
         return self.backbone(images)
@@ -68,22 +160,15 @@ class SSLMethod(nn.Module):
                 p_t.mul_(m).add_(p_o.detach(), alpha=1 - m)
 
     def negatives(self) -> torch.Tensor:
-        # A copy: the memory is updated in place before backward runs.
         assert self.memory is not None
-        return self.memory.valid_keys().clone()
+        return self.memory.valid_keys()
 
     @torch.no_grad()
     def memory_keys(self, views: torch.Tensor) -> torch.Tensor:
         """The memory entries of `views` as this method pushes them (here: detached projections)."""
         return self.embed(views)
 
-    def push(self, keys: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
-        """Enqueue the keys of both views; labels and indices only feed diagnostics."""
-        assert self.memory is not None
-        self.memory.push(keys, labels.repeat(2), indices.repeat(2))
 
-    def training_loss(
-        self, view1: torch.Tensor, view2: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor
-    ) -> torch.Tensor:
-        """The loss of one batch; methods with a memory also push this batch's keys."""
-        raise NotImplementedError
+def pair_mean(per_view: torch.Tensor) -> torch.Tensor:
+    """(2B,) per-view losses (view 1 then view 2) -> (B,) per-image means, detached."""
+    return per_view.detach().view(2, -1).mean(0)

@@ -4,4 +4,4 @@ from duel.methods.moco import MoCo
 
 
 class DMoCo(MoCo):
-    default_policy = "duel"
+    memory_policy = "duel"

@@ -6,14 +6,14 @@ from __future__ import annotations
 import torch
 
 from duel.losses import nt_xent
+from duel.methods.base import StepOutput, pair_mean
 from duel.methods.simclr import SimCLR
 
 
 class DSimCLR(SimCLR):
-    default_policy = "duel"
+    memory_policy = "duel"
 
-    def training_loss(self, view1, view2, labels, indices):
-        z1, z2 = self.embed(view1), self.embed(view2)
-        loss = nt_xent(z1, z2, self.cfg.temperature, self.negatives())
-        self.push(torch.cat([z1, z2]).detach(), labels, indices)
-        return loss
+    def training_loss(self, views, batch):
+        z1, z2 = self.embed(views[0]), self.embed(views[1])
+        per_view = nt_xent(z1, z2, self.cfg.temperature, self.negatives(), reduction="none")
+        return StepOutput(per_view.mean(), pair_mean(per_view), keys=torch.cat([z1, z2]).detach())

@@ -3,20 +3,21 @@
 from __future__ import annotations
 
 import copy
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from duel.config import PretrainConfig
 from duel.losses import info_nce
-from duel.methods.base import SSLMethod
+from duel.methods.base import DataInfo, SSLMethod, StepOutput, pair_mean
 
 
 class MoCo(SSLMethod):
-    default_policy = "fifo"
+    memory_policy = "fifo"
 
-    def __init__(self, in_channels: int, cfg: PretrainConfig, num_classes: int = 0) -> None:
-        super().__init__(in_channels, cfg, num_classes)
+    def __init__(self, cfg: PretrainConfig, data: DataInfo, params: Any = None) -> None:
+        super().__init__(cfg, data, params)
         self.key_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
         self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
 
@@ -30,11 +31,11 @@ class MoCo(SSLMethod):
     def memory_keys(self, views: torch.Tensor) -> torch.Tensor:
         return self.keys(views)
 
-    def training_loss(self, view1, view2, labels, indices):
-        q1, q2 = self.embed(view1), self.embed(view2)
-        self.momentum_update()
-        k1, k2 = self.keys(view1), self.keys(view2)
+    def training_loss(self, views, batch):
+        # The key encoder was updated after the previous step (`after_step`), as MoCo updates it
+        # before computing this batch's keys.
+        q1, q2 = self.embed(views[0]), self.embed(views[1])
+        k1, k2 = self.keys(views[0]), self.keys(views[1])
         negatives, t = self.negatives(), self.cfg.temperature
-        loss = 0.5 * (info_nce(q1, k2, negatives, t) + info_nce(q2, k1, negatives, t))
-        self.push(torch.cat([k1, k2]), labels, indices)
-        return loss
+        per_view = torch.cat([info_nce(q1, k2, negatives, t, "none"), info_nce(q2, k1, negatives, t, "none")])
+        return StepOutput(per_view.mean(), pair_mean(per_view), keys=torch.cat([k1, k2]))

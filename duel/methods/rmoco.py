@@ -4,4 +4,4 @@ from duel.methods.moco import MoCo
 
 
 class RMoCo(MoCo):
-    default_policy = "random"
+    memory_policy = "random"

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 from duel.losses import nt_xent
-from duel.methods.base import SSLMethod
+from duel.methods.base import SSLMethod, StepOutput, pair_mean
 
 
 class SimCLR(SSLMethod):
-    def training_loss(self, view1, view2, labels, indices):
-        return nt_xent(self.embed(view1), self.embed(view2), self.cfg.temperature)
+    def training_loss(self, views, batch):
+        per_view = nt_xent(self.embed(views[0]), self.embed(views[1]), self.cfg.temperature, reduction="none")
+        return StepOutput(per_view.mean(), pair_mean(per_view))

@@ -1,0 +1,114 @@
+"""Value checks of a parsed study config against the registries (methods, sources, backbones, memory).
+
+Every stage builds and validates the whole `StudyConfig`, so a bad value anywhere
+stops any stage before it writes or trains, with a one-line `ConfigError` that
+names the key, the bad value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from duel.backbones import BACKBONES
+from duel.config import GIVEN_PROFILES, PROFILES, PrepareConfig, StudyConfig, build_config, to_dict
+from duel.data.sources import SOURCES
+from duel.errors import ConfigError
+from duel.memory import BATCH_MODES
+from duel.methods import METHODS
+
+
+def parse_config(values: dict[str, Any] | None) -> StudyConfig:
+    """Build and validate the study config from the parsed params.yaml mapping."""
+    cfg = build_config(StudyConfig, values)
+    validate(cfg)
+    return cfg
+
+
+def _require(ok: bool, key: str, value: Any, allowed: str) -> None:
+    if not ok:
+        raise ConfigError(key, value, allowed)
+
+
+def validate_imbalance(prepare: PrepareConfig, value: float, key: str = "sweep.imbalance") -> None:
+    """r >= 1, or rho_max in (0, 1) for dominant; balanced_matched takes its reference profile's value."""
+    profile = prepare.match_profile if prepare.profile == "balanced_matched" else prepare.profile
+    if profile in GIVEN_PROFILES:
+        _require(value > 0, key, value, f"profile {profile!r} takes the LT set as given; the value only names it")
+    elif profile == "dominant":
+        _require(0 < value < 1, key, value, "rho_max of the dominant profile must be in (0, 1)")
+    else:
+        _require(value >= 1, key, value, f"the imbalance ratio r of profile {profile!r} must be >= 1")
+
+
+def validate(cfg: StudyConfig) -> None:
+    s, d, p, t, m, pr, rt = cfg.sweep, cfg.data, cfg.prepare, cfg.pretrain, cfg.pretrain.memory, cfg.probe, cfg.runtime
+    for name in s.methods:
+        _require(name in METHODS, "sweep.methods", name, f"known methods: {', '.join(METHODS)}")
+    _require(bool(s.methods and s.imbalance and s.seeds), "sweep", to_dict(s), "every axis needs a value")
+    _require(d.source in SOURCES, "data.source", d.source, f"known sources: {', '.join(SOURCES)}")
+    _require(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "must be in (0, 1)")
+    _require(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
+    _require(d.image_size is None or d.image_size >= 8, "data.image_size", d.image_size, "null or >= 8")
+    _require(
+        d.source == "digits" or rt.data_root is not None,
+        "runtime.data_root",
+        rt.data_root,
+        f"source {d.source} needs a folder",
+    )
+    _require(not d.unlabeled or d.source == "stl10", "data.unlabeled", d.unlabeled, "only stl10 has unlabeled images")
+    folder_only = {"lazy": d.lazy, "train_list": d.train_list, "val_list": d.val_list, "test_list": d.test_list}
+    for key, value in folder_only.items():
+        _require(d.source == "imagefolder" or not value, f"data.{key}", value, "only for source imagefolder")
+    _require(not d.lazy or d.image_size is not None, "data.lazy", d.lazy, "lazy loading needs data.image_size")
+    _require(p.profile in PROFILES, "prepare.profile", p.profile, f"known profiles: {', '.join(PROFILES)}")
+    _require(
+        p.match_profile in ("exp", "step", "dominant"),
+        "prepare.match_profile",
+        p.match_profile,
+        "exp, step or dominant",
+    )
+    _require(p.n_max >= 1, "prepare.n_max", p.n_max, "must be >= 1")
+    _require(
+        (p.profile == "file") == (p.index_file is not None),
+        "prepare.index_file",
+        p.index_file,
+        "set exactly when prepare.profile is file",
+    )
+    _require(p.head_order in ("index", "shuffled"), "prepare.head_order", p.head_order, "index or shuffled")
+    for value in s.imbalance:
+        validate_imbalance(p, value)
+    _require(t.backbone in BACKBONES, "pretrain.backbone", t.backbone, f"known backbones: {', '.join(BACKBONES)}")
+    _require(t.epochs > 0, "pretrain.epochs", t.epochs, "must be > 0")
+    _require(t.batch_size >= 2, "pretrain.batch_size", t.batch_size, "must be >= 2")
+    _require(t.lr > 0, "pretrain.lr", t.lr, "must be > 0")
+    _require(t.temperature > 0, "pretrain.temperature", t.temperature, "must be > 0")
+    _require(0 <= t.key_momentum < 1, "pretrain.key_momentum", t.key_momentum, "must be in [0, 1)")
+    _require(t.max_steps is None or t.max_steps >= 1, "pretrain.max_steps", t.max_steps, "null or >= 1")
+    _require(t.diagnostics_every >= 0, "pretrain.diagnostics_every", t.diagnostics_every, "must be >= 0 (0: off)")
+    for name, kwargs in t.method_kwargs.items():
+        _require(name in METHODS, "pretrain.method_kwargs", name, f"known methods: {', '.join(METHODS)}")
+        METHODS[name].parse_params(kwargs)
+    _require(t.checkpoint_every >= 1, "pretrain.checkpoint_every", t.checkpoint_every, "must be >= 1")
+    _require(
+        m.size >= t.batch_size,
+        "pretrain.memory.size",
+        m.size,
+        f"the memory must hold at least one batch (pretrain.batch_size={t.batch_size})",
+    )
+    _require(m.batch_mode in BATCH_MODES, "pretrain.memory.batch_mode", m.batch_mode, ", ".join(BATCH_MODES))
+    _require(m.temperature > 0, "pretrain.memory.temperature", m.temperature, "must be > 0")
+    a = t.augment
+    _require(0 < a.crop_min_scale <= 1, "pretrain.augment.crop_min_scale", a.crop_min_scale, "must be in (0, 1]")
+    _require(pr.train_set in ("balanced", "lt", "kshot"), "probe.train_set", pr.train_set, "balanced, lt or kshot")
+    _require(pr.shots >= 1, "probe.shots", pr.shots, "must be >= 1")
+    _require(pr.splits >= 1, "probe.splits", pr.splits, "must be >= 1")
+    _require(pr.splits == 1 or pr.train_set == "kshot", "probe.splits", pr.splits, "several splits need kshot")
+    _require(pr.groups in ("thirds", "shots"), "probe.groups", pr.groups, "thirds or shots")
+    lo_hi = pr.shot_thresholds
+    _require(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1], "probe.shot_thresholds", lo_hi, "[few_below, many_above]")
+    _require(bool(pr.c_grid) and min(pr.c_grid) > 0, "probe.c_grid", pr.c_grid, "a non-empty list of C > 0")
+    _require(pr.knn_k >= 1, "probe.knn_k", pr.knn_k, "must be >= 1")
+    _require(pr.knn_temperature > 0, "probe.knn_temperature", pr.knn_temperature, "must be > 0")
+    _require(rt.precision in ("fp32", "bf16"), "runtime.precision", rt.precision, "fp32 or bf16")
+    _require(not (d.lazy and rt.data_on_device), "runtime.data_on_device", True, "lazy images stay on the host")
+    _require(rt.num_workers >= 0, "runtime.num_workers", rt.num_workers, "must be >= 0")
