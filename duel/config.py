@@ -113,6 +113,12 @@ class ProbeConfig:
     c_grid: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
     knn_k: int = 200
     knn_temperature: float = 0.1
+    # LT-aware linear heads (duel.eval.heads) trained on the features of the long-tailed training set,
+    # their hyper-parameter and post-hoc logit-adjustment tau chosen on validation: ce | focal | cb |
+    # ldam | ldam_drw (LDAM with deferred re-weighting from half-way) | logit_adjusted
+    heads: list[str] = field(default_factory=list)
+    head_epochs: int = 100
+    posthoc_taus: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5])  # 0: no adjustment
     batch_size: int = 256
 
 

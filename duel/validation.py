@@ -13,6 +13,7 @@ from duel.backbones import BACKBONES
 from duel.config import GIVEN_PROFILES, PROFILES, PrepareConfig, StudyConfig, build_config, to_dict
 from duel.data.sources import SOURCES
 from duel.errors import ConfigError
+from duel.eval.protocol import HEADS
 from duel.memory import BATCH_MODES
 from duel.methods import METHODS
 
@@ -85,9 +86,10 @@ def validate(cfg: StudyConfig) -> None:
     _require(0 <= t.key_momentum < 1, "pretrain.key_momentum", t.key_momentum, "must be in [0, 1)")
     _require(t.max_steps is None or t.max_steps >= 1, "pretrain.max_steps", t.max_steps, "null or >= 1")
     _require(t.diagnostics_every >= 0, "pretrain.diagnostics_every", t.diagnostics_every, "must be >= 0 (0: off)")
-    for name, kwargs in t.method_kwargs.items():
+    for name in t.method_kwargs:
         _require(name in METHODS, "pretrain.method_kwargs", name, f"known methods: {', '.join(METHODS)}")
-        METHODS[name].parse_params(kwargs)
+    for name in dict.fromkeys([*s.methods, *t.method_kwargs]):  # every method that may run, defaults included
+        METHODS[name].parse_params(t.method_kwargs.get(name), f"pretrain.method_kwargs.{name}", t)
     _require(t.checkpoint_every >= 1, "pretrain.checkpoint_every", t.checkpoint_every, "must be >= 1")
     _require(
         m.size >= t.batch_size,
@@ -112,3 +114,8 @@ def validate(cfg: StudyConfig) -> None:
     _require(rt.precision in ("fp32", "bf16"), "runtime.precision", rt.precision, "fp32 or bf16")
     _require(not (d.lazy and rt.data_on_device), "runtime.data_on_device", True, "lazy images stay on the host")
     _require(rt.num_workers >= 0, "runtime.num_workers", rt.num_workers, "must be >= 0")
+    for head in pr.heads:
+        _require(head in HEADS, "probe.heads", head, f"known heads: {', '.join(HEADS)}")
+    _require(pr.head_epochs >= 1, "probe.head_epochs", pr.head_epochs, "must be >= 1")
+    taus = pr.posthoc_taus
+    _require(bool(taus) and min(taus) >= 0, "probe.posthoc_taus", taus, "a non-empty list of tau >= 0 (0: none)")

@@ -13,7 +13,7 @@ from duel.data.augment import normalizer
 from duel.data.datasets import IndexedImages
 from duel.errors import DuelError
 from duel.eval.features import extract_features
-from duel.eval.protocol import Features, evaluate, probe_train_sets
+from duel.eval.protocol import Features, evaluate, evaluate_heads, probe_train_sets
 from duel.utils import atomic_path, write_json
 from pipeline.common import (
     PARAMS,
@@ -51,7 +51,8 @@ def probe(
     seed: SeedOption = 0,
     params: ParamsOption = PARAMS,
 ) -> None:
-    """Linear probe (C chosen on validation) and kNN; overall / many / medium / few top-1 on test."""
+    """Linear probe (C chosen on validation), kNN and the LT-aware heads of probe.heads; overall / many /
+    medium / few top-1 on test."""
     cfg = load_params(params)
     check_method(method)
     check_imbalance(cfg, imbalance)
@@ -60,7 +61,8 @@ def probe(
     encoder, normalize = load_encoder(pretrain_dir(method, imbalance, seed) / "model.pt")
 
     train_sets = probe_train_sets(manifest, source.train.labels, source.classes, pc)
-    pool = np.unique(np.concatenate(train_sets))  # features of every probe image, extracted once
+    lt_set = np.asarray(manifest["train_indices"]) if pc.heads else np.empty(0, dtype=np.int64)
+    pool = np.unique(np.concatenate([*train_sets, lt_set]))  # features of every probe image, extracted once
     sets = {
         "pool": IndexedImages(source.train, pool),
         "val": IndexedImages(source.train, manifest["val_indices"]),
@@ -73,7 +75,12 @@ def probe(
         )
         for k, ds in sets.items()
     }
-    metrics = evaluate(pool, feats["pool"], feats["val"], feats["test"], train_sets, manifest["class_counts"], pc)
+    counts = manifest["class_counts"]
+    metrics = evaluate(pool, feats["pool"], feats["val"], feats["test"], train_sets, counts, pc)
+    if pc.heads:
+        rows = np.searchsorted(pool, lt_set)
+        lt_train = Features(feats["pool"].features[rows], feats["pool"].labels[rows])
+        metrics |= evaluate_heads(lt_train, feats["val"], feats["test"], counts, pc)
     config = {"method": method, "imbalance": imbalance, "seed": seed, "probe": to_dict(pc)}
     name = stage_name("probe", method, setting(imbalance), seed)
     with StageRun("probe", name, config, cfg.tracking.experiment) as run:

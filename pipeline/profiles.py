@@ -67,6 +67,7 @@ def smoke_overrides(values: dict[str, Any]) -> dict[str, Any]:
         "probe.splits": 2,
         "probe.c_grid": [1.0],
         "probe.knn_k": 10,
+        "probe.head_epochs": 5,
         "report.tsne_max_points": 100,
         "runtime.download": False,
         "runtime.num_workers": 0,

@@ -12,6 +12,7 @@ import torch
 
 from duel.config import StudyConfig, to_dict
 from duel.diagnostics import GROUPS, RELATIONS, SIMILARITY_BINS, TAU_GRID
+from duel.eval.groups import GROUPS as ACCURACY_GROUPS
 from duel.eval.tsne import tsne_embed
 from duel.memory import ActiveMemory
 from duel.utils import atomic_path, write_json
@@ -61,20 +62,39 @@ def paper_table(runs: pd.DataFrame, cfg: StudyConfig, column: str, scale: float,
     for (method, imbalance), group in runs.groupby(["method", "imbalance"]):
         values = group[column].dropna() * scale
         split_std = f"{column}_split_std"  # k-shot probes: the std over random splits of one run
-        if values.empty:
-            cell = "-"
-        elif len(values) == 1 and split_std in group and group[split_std].notna().all():
+        if len(values) == 1 and split_std in group and group[split_std].notna().all():
             cell = f"{values.mean():.{decimals}f} ± {group[split_std].iloc[0] * scale:.{decimals}f}"
-        elif len(values) == 1:
-            cell = f"{values.mean():.{decimals}f}"
         else:
-            cell = f"{values.mean():.{decimals}f} ± {values.std():.{decimals}f}"
+            cell = mean_std(values, decimals)
         table.loc[method, setting(imbalance)] = cell
     return table.fillna("-")
 
 
-def markdown(table: pd.DataFrame, caption: str, axis: str) -> str:
-    header = f"| method | {' | '.join(f'{axis}={c}' for c in table.columns)} |"
+def mean_std(values: pd.Series, decimals: int) -> str:
+    """'mean ± std' over seeds ('mean' for one value, '-' for none)."""
+    if values.empty:
+        return "-"
+    if len(values) == 1:
+        return f"{values.mean():.{decimals}f}"
+    return f"{values.mean():.{decimals}f} ± {values.std():.{decimals}f}"
+
+
+def heads_table(runs: pd.DataFrame, cfg: StudyConfig, imbalance: float) -> pd.DataFrame:
+    """The LT-aware heads of every method at one setting: rows 'method / head', columns many / medium /
+    few / all top-1 (%), mean ± std over seeds; the balanced linear probe first for reference."""
+    at = runs[runs.imbalance == imbalance]
+    rows = {}
+    for method in cfg.sweep.methods:
+        mine = at[at.method == method]
+        for head, prefix in [("linear probe", "linear"), *((h, f"head_{h}") for h in cfg.probe.heads)]:
+            columns = [f"{prefix}_{g}" for g in (*ACCURACY_GROUPS, "top1")]
+            rows[f"{method} / {head}"] = [mean_std(mine[c].dropna() * 100, 1) if c in mine else "-" for c in columns]
+    return pd.DataFrame.from_dict(rows, orient="index", columns=[*ACCURACY_GROUPS, "all"])
+
+
+def markdown(table: pd.DataFrame, caption: str, axis: str, index: str = "method") -> str:
+    """A table with a caption; `axis` prefixes the column names (r=10, rho=0.9), '' keeps them."""
+    header = f"| {index} | {' | '.join(f'{axis}={c}' if axis else str(c) for c in table.columns)} |"
     rule = "|---" * (len(table.columns) + 1) + "|"
     body = [f"| {m} | {' | '.join(str(v) for v in row)} |" for m, row in table.iterrows()]
     return "\n".join([f"### {caption}", "", header, rule, *body, ""])
@@ -244,6 +264,11 @@ def report(params: ParamsOption = PARAMS) -> None:
     for (method, imbalance), row in means.iterrows():
         for column, value in row.dropna().items():
             summary[f"{method}/{axis}{setting(imbalance)}/{column}"] = float(value)
+    heads = heads_table(runs, cfg, worst)
+    caption = f"Linear probe and LT-aware heads at {axis}={setting(worst)}: top-1 (%) per group"
+    md.append(markdown(heads, caption, "", index="method / head"))
+    with atomic_path(REPORTS / "lt_heads.csv") as tmp:
+        heads.to_csv(tmp, index_label="method / head")
     with atomic_path(REPORTS / "results.md") as tmp:
         tmp.write_text("\n".join(md))
     with atomic_path(REPORTS / "runs.csv") as tmp:

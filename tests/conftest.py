@@ -23,7 +23,14 @@ def tiny_config():
     """The default config shrunk to run in a second."""
     return parse_config(
         {
-            "pretrain": {"epochs": 3, "batch_size": 8, "proj_dim": 16, "memory": {"size": 32}, "checkpoint_every": 1},
+            "pretrain": {
+                "epochs": 3,
+                "batch_size": 8,
+                "proj_dim": 16,
+                "memory": {"size": 32},
+                "checkpoint_every": 1,
+                "method_kwargs": {"gh": {"num_targets": 8, "warmup": 0.0}},  # GH on from the first step
+            },
             "probe": {"knn_k": 5},
         }
     )

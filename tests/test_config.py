@@ -22,6 +22,8 @@ def test_empty_params_give_the_documented_defaults():
         ({"pretrain": {"epochs": "ten"}}, "pretrain.epochs='ten' is not allowed: expected int"),
         ({"pretrain": {"lr_typo": 1}}, "pretrain.lr_typo=1 is not allowed: unknown key; allowed: backbone"),
         ({"probe": {"train_set": "test"}}, "probe.train_set='test' is not allowed: balanced, lt or kshot"),
+        ({"probe": {"heads": ["svm"]}}, "probe.heads='svm' is not allowed: known heads: ce, focal"),
+        ({"probe": {"posthoc_taus": [-1.0]}}, "probe.posthoc_taus=[-1.0] is not allowed"),
         ({"runtime": {"precision": "fp16"}}, "runtime.precision='fp16' is not allowed: fp32 or bf16"),
         ({"data": {"source": "cifar10"}}, "runtime.data_root=None is not allowed: source cifar10 needs a folder"),
         ({"pretrain": {"method_kwargs": {"byol": {}}}}, "pretrain.method_kwargs='byol' is not allowed: known methods"),

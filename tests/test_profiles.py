@@ -2,6 +2,7 @@
 on tiny data written in its source's real on-disk format."""
 
 import json
+import math
 import sys
 
 import pandas as pd
@@ -24,7 +25,7 @@ def use_profile(cwd, env, *args):
 def test_every_profile_is_valid_and_params_yaml_is_the_digits_profile():
     for path in (ROOT / "params").glob("*.yaml"):
         parse_config(yaml.safe_load(path.read_text()))
-    assert {p.stem for p in (ROOT / "params").glob("*.yaml")} == {"digits", *PAPER_PROFILES}
+    assert {p.stem for p in (ROOT / "params").glob("*.yaml")} == {"digits", "digits_baselines", *PAPER_PROFILES}
     assert (ROOT / "params.yaml").read_text() == (ROOT / "params" / "digits.yaml").read_text()
 
 
@@ -120,3 +121,22 @@ def test_paper_profile_smoke_run_through_dvc_repro(tmp_path, profile):
         assert 0 <= probe["linear_top1"] <= 1 and "linear_top1_split_std" in probe  # two k-shot splits
     table = pd.read_csv(root / "reports/linear_top1.csv", index_col="method")
     assert list(table.index) == ["moco", "dmoco"] and list(table.columns) == [setting]
+
+
+def test_digits_baselines_profile_runs_all_seven_methods_and_the_lt_heads(tmp_path):
+    """The embedded long-tailed baselines study through `dvc repro`, shortened to 2 epochs."""
+    env = copy_project(tmp_path)
+    use_profile(tmp_path, env, "digits_baselines", "--set", "pretrain.epochs=2", "--set", "probe.head_epochs=20")
+    commit_all(tmp_path, env, "baselines")
+    dvc(tmp_path, env, "repro")
+    methods = ["moco", "dmoco", "simclr", "dsimclr", "sdclr", "bcl", "gh"]
+    table = pd.read_csv(tmp_path / "reports/linear_top1.csv", index_col="method")
+    assert list(table.index) == methods and table.notna().all().all()
+    heads = pd.read_csv(tmp_path / "reports/lt_heads.csv", index_col="method / head")
+    assert list(heads.columns) == ["many", "medium", "few", "all"]
+    assert len(heads) == len(methods) * 7 and (heads != "-").all().all()  # the probe and six heads each
+    for method in methods:
+        probe = json.loads((tmp_path / f"outputs/probe/{method}-imb100-s0/metrics.json").read_text())
+        assert 0.1 < probe["head_logit_adjusted_top1"] <= 1 and probe["head_cb_hp"] in (0.9, 0.99, 0.999, 0.9999)
+    pre = json.loads((tmp_path / "outputs/pretrain/sdclr-imb100-s0/metrics.json").read_text())
+    assert pre["steps"] >= 2 and math.isfinite(pre["final_loss"])

@@ -46,23 +46,37 @@ def run(tiny_source, cfg, checkpoint, resume=False, stop_at_step=None, name="dmo
     return method, history
 
 
-def test_resume_ends_identical_to_an_uninterrupted_run(tiny_source, tiny_config, tmp_path):
-    full, full_history = run(tiny_source, tiny_config, tmp_path / "full.pt")
+@pytest.mark.parametrize("name", ["dmoco", "sdclr", "bcl", "gh"])
+def test_resume_ends_identical_to_an_uninterrupted_run(tiny_source, tiny_config, tmp_path, name):
+    """Weights, memory, SDCLR's mask and per-sample state (BCL's scores, GH's score averages) alike."""
+    full, full_history = run(tiny_source, tiny_config, tmp_path / "full.pt", name=name)
     with pytest.raises(Interrupt):
-        run(tiny_source, tiny_config, tmp_path / "cut.pt", stop_at_step=10)
+        run(tiny_source, tiny_config, tmp_path / "cut.pt", stop_at_step=10, name=name)
     assert torch.load(tmp_path / "cut.pt", weights_only=False)["epoch"] == 1
-    resumed, history = run(tiny_source, tiny_config, tmp_path / "cut.pt", resume=True)
+    resumed, history = run(tiny_source, tiny_config, tmp_path / "cut.pt", resume=True, name=name)
 
     assert len(history) == len(full_history) == 3 * (60 // 8)
     for a, b in zip(history, full_history, strict=True):
         assert a["loss"] == b["loss"] and a.get("memory_entropy") == b.get("memory_entropy")
-    # One diagnostics record per epoch, the checkpointed ones restored on resume.
-    assert [d["epoch"] for d in resumed.diagnostics] == [0, 1, 2]
+    # One diagnostics record per epoch (methods with a memory), the checkpointed ones restored on resume.
+    assert [d["epoch"] for d in resumed.diagnostics] == ([0, 1, 2] if resumed.memory is not None else [])
     assert json.dumps(resumed.diagnostics) == json.dumps(full.diagnostics)  # NaN-aware: no tail class here
     state, expected = resumed.state_dict(), full.state_dict()
     assert state.keys() == expected.keys()
-    for key in expected:  # model, key encoder and every memory array
-        assert torch.equal(state[key], expected[key]), key
+    for key in expected:  # model, key encoder, every memory array, masks and per-sample state
+        assert torch.equal(state[key], expected[key]) or (state[key].isnan() == expected[key].isnan()).all(), key
+        assert torch.equal(state[key].nan_to_num(0), expected[key].nan_to_num(0)), key
+    if name in ("bcl", "gh"):
+        assert any(v.abs().nan_to_num(0).sum() > 0 for v in resumed.sample_state().values())
+
+
+def test_a_checkpoint_resumes_under_other_machine_settings(tiny_source, tiny_config, tmp_path):
+    """Runtime settings are not part of the checkpointed config: a run moves between machines."""
+    with pytest.raises(Interrupt):
+        run(tiny_source, tiny_config, tmp_path / "cut.pt", stop_at_step=10)
+    other = RuntimeConfig(channels_last=True, num_workers=1, data_root="/elsewhere")
+    _, history = run(tiny_source, tiny_config, tmp_path / "cut.pt", resume=True, runtime=other)
+    assert len(history) == 3 * (60 // 8) and history[0]["step"] == 0
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(tiny_source, tiny_config, tmp_path):

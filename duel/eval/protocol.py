@@ -3,7 +3,9 @@
 Which images train the probe (`probe_train_sets`: the balanced pool, the LT set,
 or k-shot draws from the balanced pool), then per training set a linear probe
 with C chosen on validation and a kNN classifier, scored on test overall and per
-many / medium / few group (`evaluate`). Test labels are only ever used to score.
+many / medium / few group (`evaluate`). The LT-aware heads (`evaluate_heads`) are
+the supervised side of the field: trained on the long-tailed set itself, their
+hyper-parameters chosen on validation. Test labels are only ever used to score.
 """
 
 from __future__ import annotations
@@ -17,8 +19,19 @@ import pandas as pd
 from duel.config import ProbeConfig
 from duel.data.longtail import kshot_subsets
 from duel.eval.groups import group_accuracies
+from duel.eval.heads import lt_head_probe
 from duel.eval.knn import knn_predict
 from duel.eval.linear import linear_probe
+
+# Head name -> (loss of duel.eval.heads, deferred re-weighting start as a fraction of the epochs).
+HEADS: dict[str, tuple[str, float | None]] = {
+    "ce": ("ce", None),
+    "focal": ("focal", None),
+    "cb": ("cb", None),
+    "ldam": ("ldam", None),
+    "ldam_drw": ("ldam", 0.5),  # Cao et al. 2019: re-weighting from the second half of training
+    "logit_adjusted": ("logit_adjusted", None),
+}
 
 
 @dataclass
@@ -69,4 +82,27 @@ def evaluate(
     metrics["linear_best_c"] = float(table["linear_best_c"].median())
     if len(table) > 1:
         metrics |= {f"{k}_split_std": float(table[k].std()) for k in ("linear_top1", "linear_few", "knn_top1")}
+    return metrics
+
+
+def evaluate_heads(lt_train: Features, val: Features, test: Features, class_counts: list[int], cfg: ProbeConfig):
+    """Each of `cfg.heads` on the LT training set's features; per head, test top-1 overall and per group,
+    with the hyper-parameter and post-hoc tau validation chose."""
+    grouping = {"mode": cfg.groups, "thresholds": tuple(cfg.shot_thresholds)}
+    metrics: dict[str, float] = {}
+    for name in cfg.heads:
+        loss, drw_start = HEADS[name]
+        result = lt_head_probe(
+            (lt_train.features, lt_train.labels),
+            (val.features, val.labels),
+            test.features,
+            class_counts,
+            loss,
+            posthoc_taus=cfg.posthoc_taus,
+            epochs=cfg.head_epochs,
+            drw_start=drw_start,
+        )
+        scores = group_accuracies(test.labels, result.test_predictions, class_counts, **grouping)
+        metrics |= {f"head_{name}_{k}": v for k, v in scores.items()}
+        metrics |= {f"head_{name}_hp": float(result.best_hp), f"head_{name}_posthoc_tau": float(result.posthoc_tau)}
     return metrics

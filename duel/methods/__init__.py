@@ -2,12 +2,15 @@
 
 from duel.config import PretrainConfig
 from duel.methods.base import DataInfo, SSLMethod, StepOutput
+from duel.methods.bcl import BCL
 from duel.methods.dmoco import DMoCo
 from duel.methods.dmoco_fresh import DMoCoFresh
 from duel.methods.dsimclr import DSimCLR
+from duel.methods.gh import GH
 from duel.methods.moco import MoCo
 from duel.methods.rmoco import RMoCo
 from duel.methods.rsimclr import RSimCLR
+from duel.methods.sdclr import SDCLR
 from duel.methods.simclr import SimCLR
 
 METHODS: dict[str, type[SSLMethod]] = {
@@ -18,13 +21,16 @@ METHODS: dict[str, type[SSLMethod]] = {
     "simclr": SimCLR,
     "dsimclr": DSimCLR,
     "rsimclr": RSimCLR,
+    "sdclr": SDCLR,
+    "bcl": BCL,
+    "gh": GH,
 }
 
 
 def build_method(name: str, cfg: PretrainConfig, data: DataInfo) -> SSLMethod:
     """The method registered as `name`, with its hyper-parameters from `pretrain.method_kwargs.<name>`."""
     cls = METHODS[name]
-    return cls(cfg, data, cls.parse_params(cfg.method_kwargs.get(name), f"pretrain.method_kwargs.{name}"))
+    return cls(cfg, data, cls.parse_params(cfg.method_kwargs.get(name), f"pretrain.method_kwargs.{name}", cfg))
 
 
 __all__ = ["METHODS", "DataInfo", "SSLMethod", "StepOutput", "build_method"]

@@ -18,7 +18,7 @@ saved in checkpoints and restored exactly like the weights.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any, ClassVar
 
 import torch
@@ -45,6 +45,7 @@ class StepOutput:
     loss: torch.Tensor  # the scalar that is backpropagated
     per_sample: torch.Tensor  # (B,) detached loss of each image (the mean over its views)
     keys: torch.Tensor | None = None  # the memory entries of this batch (view 1 then view 2), pushed in after_step
+    aux: dict[str, torch.Tensor] = field(default_factory=dict)  # detached values a method's after_step needs
 
 
 @dataclass(frozen=True)
@@ -86,14 +87,14 @@ class SSLMethod(nn.Module):
 
     # ------------------------------------------------------------ parameters
     @classmethod
-    def parse_params(cls, values: dict[str, Any] | None, key: str) -> Any:
+    def parse_params(cls, values: dict[str, Any] | None, key: str, cfg: PretrainConfig) -> Any:
         """This method's `Params` from the mapping at params key `key`, types and values checked."""
         params = build_config(cls.Params, values, key)
-        cls.check_params(params, key)
+        cls.check_params(params, key, cfg)
         return params
 
     @classmethod
-    def check_params(cls, params: Any, key: str) -> None:
+    def check_params(cls, params: Any, key: str, cfg: PretrainConfig) -> None:
         """Raise `duel.errors.ConfigError` for a bad value (bounds the type alone does not say)."""
 
     def param_groups(self) -> list[dict[str, Any]]:

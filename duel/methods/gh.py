@@ -1,0 +1,145 @@
+"""GH (Zhou et al., NeurIPS 2023): SimCLR plus Geometric Harmonization.
+
+Embeddings are scored against K fixed targets forming a simplex equiangular tight frame (ETF);
+Sinkhorn-Knopp turns a batch's scores into surrogate labels whose target marginal is an estimated
+prior pi over the K targets, and a swapped cross-entropy pulls each view toward the other view's
+surrogate label. The prior is the histogram of each training sample's argmax target under an
+exponential moving average of its scores (per-sample state), re-estimated periodically. GH is off
+during a warm-up (plain SimCLR) and its weight then ramps up linearly to `w_gh`.
+Reference: MediaBrain-SJTU/Geometric-Harmonization train_cifar.py, utils.py (`sinkhorn`, `GHLoss`),
+target/gen_target.py. Their schedule (1000 epochs: warm-up 500, ramp 10, prior every 20) is written
+here as fractions of the run, so a short schedule keeps its shape.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+
+from duel.config import PretrainConfig
+from duel.errors import ConfigError
+from duel.losses import nt_xent
+from duel.methods.base import DataInfo, SSLMethod, StepOutput, pair_mean
+
+
+@dataclass(frozen=True)
+class GHParams:
+    num_targets: int = 100  # [GH] --target_dim 100 (K; at most pretrain.proj_dim)
+    w_gh: float = 1.0  # [GH] the ramp ends at weight 1
+    warmup: float = 0.5  # fraction of the epochs before GH switches on ([GH] README: --warm_up 500 of 1000)
+    ramp: float = 0.01  # fraction of the epochs over which its weight rises ([GH] GH_warm_up 10 of 1000)
+    prior_every: float = 0.02  # fraction of the epochs between prior re-estimates ([GH] every 20 of 1000)
+    sinkhorn_epsilon: float = 0.05  # [GH] GHLoss(0.05, ...)
+    sinkhorn_iterations: int = 300  # [GH] --sinkhorn_iter
+    temperature: float = 0.1  # [GH] GHLoss gamma: softmax temperature of the predictions
+    ema_warmup: float = 0.9  # [GH] score EMA momentum during the warm-up ...
+    ema: float = 0.999  # [GH] --beta: ... and after it
+    seed: int = 0  # draws the ETF
+
+
+def simplex_etf(k: int, d: int, generator: torch.Generator) -> torch.Tensor:
+    """k unit vectors in R^d with pairwise cosine -1/(k-1) (k <= d): sqrt(k/(k-1)) (I - 11^T/k) U,
+    U with orthonormal rows from the polar decomposition of a Gaussian matrix ([GH] gen_target.py)."""
+    a = torch.randn(k, d, generator=generator, dtype=torch.float64)
+    u, _, vh = torch.linalg.svd(a, full_matrices=False)
+    polar = u @ vh  # the orthogonal factor of a's polar decomposition
+    etf = math.sqrt(k / (k - 1)) * (torch.eye(k, dtype=torch.float64) - 1 / k) @ polar
+    return etf.float()
+
+
+@torch.no_grad()
+def sinkhorn(scores: torch.Tensor, prior: torch.Tensor, epsilon: float, iterations: int) -> torch.Tensor:
+    """(N, K) scores -> (N, K) soft assignments, each row summing to 1, the K columns to N * prior."""
+    q = torch.exp(scores.float() / epsilon).T  # (K, N)
+    k, n = q.shape
+    r, c = torch.ones(k, device=q.device) / k, torch.ones(n, device=q.device) / n
+    for _ in range(iterations):
+        r = prior / (q @ c)
+        c = (1.0 / n) / (q.T @ r)
+    return (r[:, None] * q * c[None, :]).T * n
+
+
+def gh_loss(s1: torch.Tensor, s2: torch.Tensor, prior: torch.Tensor, p: GHParams) -> torch.Tensor:
+    """Swapped prediction: each view's scores predict the other view's surrogate labels (sum of both)."""
+    q1 = sinkhorn(s1, prior, p.sinkhorn_epsilon, p.sinkhorn_iterations)
+    q2 = sinkhorn(s2, prior, p.sinkhorn_epsilon, p.sinkhorn_iterations)
+    loss_1 = -(q1 * F.log_softmax(s2 / p.temperature, dim=1)).sum(1).mean()
+    loss_2 = -(q2 * F.log_softmax(s1 / p.temperature, dim=1)).sum(1).mean()
+    return loss_1 + loss_2
+
+
+class GH(SSLMethod):
+    Params = GHParams
+
+    def __init__(self, cfg: PretrainConfig, data: DataInfo, params: Any = None) -> None:
+        super().__init__(cfg, data, params)
+        p = self.params
+        self.register_buffer("targets", simplex_etf(p.num_targets, cfg.proj_dim, torch.Generator().manual_seed(p.seed)))
+        self.register_buffer("prior", torch.full((p.num_targets,), 1.0 / p.num_targets))
+        self.register_sample_state("score_ema", p.num_targets)  # per sample: moving average of its target scores
+        self.weight = 0.0  # GH's weight in this epoch
+        self.ema = p.ema_warmup
+
+    @classmethod
+    def check_params(cls, params: GHParams, key: str, cfg: PretrainConfig) -> None:
+        if not 2 <= params.num_targets <= cfg.proj_dim:
+            allowed = f"must be in [2, pretrain.proj_dim={cfg.proj_dim}]: the targets are a simplex ETF in R^proj_dim"
+            raise ConfigError(f"{key}.num_targets", params.num_targets, allowed)
+        for name in ("w_gh", "sinkhorn_epsilon", "temperature"):
+            if getattr(params, name) <= 0:
+                raise ConfigError(f"{key}.{name}", getattr(params, name), "must be > 0")
+        for name in ("warmup", "ramp", "prior_every", "ema_warmup", "ema"):
+            if not 0 <= getattr(params, name) < 1:
+                raise ConfigError(f"{key}.{name}", getattr(params, name), "must be in [0, 1)")
+        if params.sinkhorn_iterations < 1:
+            raise ConfigError(f"{key}.sinkhorn_iterations", params.sinkhorn_iterations, "must be >= 1")
+
+    def schedule(self, epochs: int) -> tuple[int, int, int]:
+        """(warm-up, ramp, prior interval) in epochs."""
+        p = self.params
+        return round(p.warmup * epochs), max(1, round(p.ramp * epochs)), max(1, round(p.prior_every * epochs))
+
+    @torch.no_grad()
+    def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        warmup, ramp, every = self.schedule(epochs)
+        self.ema = self.params.ema if epoch >= warmup else self.params.ema_warmup
+        self.weight = self.params.w_gh * min(1.0, (epoch + 1 - warmup) / ramp) if epoch >= warmup else 0.0
+        if epoch >= warmup and (epoch - warmup) % every == 0:
+            self.estimate_prior()
+
+    @torch.no_grad()
+    def estimate_prior(self) -> None:
+        """pi = the share of the samples seen so far whose averaged scores peak at each target (uniform
+        before any sample is seen)."""
+        seen = self.score_ema[(self.score_ema != 0).any(1)]
+        if len(seen):
+            self.prior.copy_(torch.bincount(seen.argmax(1), minlength=len(self.prior)).float() / len(seen))
+
+    def scores(self, z: torch.Tensor) -> torch.Tensor:
+        """Cosine-normalised scores of embeddings against the ETF targets ([GH] normalize(z M^T))."""
+        return F.normalize(z @ self.targets.T, dim=1)
+
+    def training_loss(self, views, batch):
+        z1, z2 = self.embed(views[0]), self.embed(views[1])
+        per_view = nt_xent(z1, z2, self.cfg.temperature, reduction="none")
+        s1, s2 = self.scores(z1), self.scores(z2)
+        loss = per_view.mean()
+        if self.weight > 0:
+            loss = loss + self.weight * gh_loss(s1, s2, self.prior, self.params)
+        return StepOutput(loss, pair_mean(per_view), aux={"scores": s1.detach()})
+
+    @torch.no_grad()
+    def after_step(self, output, batch, step, total_steps) -> None:
+        super().after_step(output, batch, step, total_steps)
+        previous, scores = self.score_ema[batch.positions], output.aux["scores"].float()
+        fresh = (previous == 0).all(1, keepdim=True)  # first sight of a sample: start from its scores
+        self.score_ema[batch.positions] = torch.where(fresh, scores, self.ema * previous + (1 - self.ema) * scores)
+
+    def epoch_metrics(self) -> dict[str, float]:
+        used = self.prior[self.prior > 0]
+        entropy = float(-(used * used.log()).sum() / math.log(len(self.prior)))
+        return {"gh_weight": self.weight, "prior_entropy": entropy}
