@@ -9,6 +9,7 @@ import pandas as pd
 import pytest
 import yaml
 
+from duel.config import flatten
 from duel.errors import ConfigError
 from duel.validation import parse_config
 from pipeline.profiles import smallest_n_max
@@ -22,9 +23,16 @@ def use_profile(cwd, env, *args):
     return sh([sys.executable, "-m", "pipeline", "use-profile", *args], cwd, env)
 
 
-def test_every_profile_is_valid_and_params_yaml_is_the_digits_profile():
+def test_every_profile_is_valid_complete_and_params_yaml_is_the_digits_profile():
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    needed = {key for stage in stages.values() for key in stage.get("params", [])}
+    assert "probe.heads" in needed
     for path in (ROOT / "params").glob("*.yaml"):
-        parse_config(yaml.safe_load(path.read_text()))
+        values = yaml.safe_load(path.read_text())
+        parse_config(values)
+        # DVC reads the params a stage depends on from the file itself, not from our defaults.
+        present = set(values) | set(flatten(values))
+        assert needed <= present, (path.name, sorted(needed - present))
     assert {p.stem for p in (ROOT / "params").glob("*.yaml")} == {"digits", "digits_baselines", *PAPER_PROFILES}
     assert (ROOT / "params.yaml").read_text() == (ROOT / "params" / "digits.yaml").read_text()
 
