@@ -79,14 +79,19 @@ def mean_std(values: pd.Series, decimals: int) -> str:
     return f"{values.mean():.{decimals}f} ± {values.std():.{decimals}f}"
 
 
+PLAIN_AND_POSTHOC = (("", ""), (" + post-hoc", "_posthoc"))  # each head as trained and post-hoc adjusted
+
+
 def heads_table(runs: pd.DataFrame, cfg: StudyConfig, imbalance: float) -> pd.DataFrame:
     """The LT-aware heads of every method at one setting: rows 'method / head', columns many / medium /
-    few / all top-1 (%), mean ± std over seeds; the balanced linear probe first for reference."""
+    few / all top-1 (%), mean ± std over seeds; the balanced linear probe first for reference, then each
+    head as trained and after post-hoc logit adjustment."""
     at = runs[runs.imbalance == imbalance]
     rows = {}
     for method in cfg.sweep.methods:
         mine = at[at.method == method]
-        for head, prefix in [("linear probe", "linear"), *((h, f"head_{h}") for h in cfg.probe.heads)]:
+        heads = [(f"{h}{suffix}", f"head_{h}{key}") for h in cfg.probe.heads for suffix, key in PLAIN_AND_POSTHOC]
+        for head, prefix in [("linear probe", "linear"), *heads]:
             columns = [f"{prefix}_{g}" for g in (*ACCURACY_GROUPS, "top1")]
             rows[f"{method} / {head}"] = [mean_std(mine[c].dropna() * 100, 1) if c in mine else "-" for c in columns]
     return pd.DataFrame.from_dict(rows, orient="index", columns=[*ACCURACY_GROUPS, "all"])

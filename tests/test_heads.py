@@ -139,7 +139,9 @@ def test_posthoc_tau_is_chosen_on_validation(long_tailed):
     assert adjusted.posthoc_tau > 0
     assert adjusted.posthoc_val_accuracy[adjusted.posthoc_tau] > adjusted.posthoc_val_accuracy[0.0]
     assert adjusted.posthoc_val_accuracy[0.0] == plain.val_accuracy[0.0]
-    assert recalls(adjusted.test_predictions, test_y)[2] > recalls(plain.test_predictions, test_y)[2] + 0.4
+    assert recalls(adjusted.posthoc_test_predictions, test_y)[2] > recalls(plain.test_predictions, test_y)[2] + 0.4
+    np.testing.assert_array_equal(adjusted.test_predictions, plain.test_predictions)  # the head as trained
+    np.testing.assert_array_equal(plain.posthoc_test_predictions, plain.test_predictions)  # tau 0: unchanged
 
 
 def test_heads_store_standardisation_are_seeded_and_ldam_is_cosine(long_tailed):

@@ -142,9 +142,10 @@ def test_digits_baselines_profile_runs_all_seven_methods_and_the_lt_heads(tmp_pa
     assert list(table.index) == methods and table.notna().all().all()
     heads = pd.read_csv(tmp_path / "reports/lt_heads.csv", index_col="method / head")
     assert list(heads.columns) == ["many", "medium", "few", "all"]
-    assert len(heads) == len(methods) * 7 and (heads != "-").all().all()  # the probe and six heads each
+    assert len(heads) == len(methods) * 13 and (heads != "-").all().all()  # probe, six heads, six adjusted
     for method in methods:
         probe = json.loads((tmp_path / f"outputs/probe/{method}-imb100-s0/metrics.json").read_text())
         assert 0.1 < probe["head_logit_adjusted_top1"] <= 1 and probe["head_cb_hp"] in (0.9, 0.99, 0.999, 0.9999)
+        assert probe["head_ce_posthoc_tau"] in (0.0, 0.5, 1.0, 1.5) and 0.1 < probe["head_ce_posthoc_top1"] <= 1
     pre = json.loads((tmp_path / "outputs/pretrain/sdclr-imb100-s0/metrics.json").read_text())
     assert pre["steps"] >= 2 and math.isfinite(pre["final_loss"])

@@ -204,7 +204,8 @@ class HeadResult:
     posthoc_tau: float
     val_accuracy: dict[float, float]  # every hp tried, without post-hoc adjustment
     posthoc_val_accuracy: dict[float, float]  # every post-hoc tau tried on the chosen head
-    test_predictions: np.ndarray
+    test_predictions: np.ndarray  # the chosen head as trained
+    posthoc_test_predictions: np.ndarray  # the same head after post-hoc adjustment with the chosen tau
 
 
 def lt_head_probe(
@@ -233,8 +234,9 @@ def lt_head_probe(
     prior, val_logits = log_prior(counts), head_logits(heads[best], val[0])
     posthoc_val = {t: _accuracy(posthoc_adjust(val_logits, prior, t), val[1]) for t in posthoc_taus}
     tau = max(posthoc_taus, key=posthoc_val.__getitem__)
-    test_predictions = posthoc_adjust(head_logits(heads[best], test_features), prior, tau).argmax(1).numpy()
-    return HeadResult(best, tau, val_accuracy, posthoc_val, test_predictions)
+    test_logits = head_logits(heads[best], test_features)
+    adjusted = posthoc_adjust(test_logits, prior, tau).argmax(1).numpy()
+    return HeadResult(best, tau, val_accuracy, posthoc_val, test_logits.argmax(1).numpy(), adjusted)
 
 
 def _accuracy(logits: torch.Tensor, labels: np.ndarray) -> float:

@@ -86,8 +86,9 @@ def evaluate(
 
 
 def evaluate_heads(lt_train: Features, val: Features, test: Features, class_counts: list[int], cfg: ProbeConfig):
-    """Each of `cfg.heads` on the LT training set's features; per head, test top-1 overall and per group,
-    with the hyper-parameter and post-hoc tau validation chose."""
+    """Each of `cfg.heads` on the LT training set's features; per head, test top-1 overall and per group
+    as trained (`head_<name>_*`) and after post-hoc logit adjustment (`head_<name>_posthoc_*`), with the
+    hyper-parameter and tau validation chose."""
     grouping = {"mode": cfg.groups, "thresholds": tuple(cfg.shot_thresholds)}
     metrics: dict[str, float] = {}
     for name in cfg.heads:
@@ -102,7 +103,8 @@ def evaluate_heads(lt_train: Features, val: Features, test: Features, class_coun
             epochs=cfg.head_epochs,
             drw_start=drw_start,
         )
-        scores = group_accuracies(test.labels, result.test_predictions, class_counts, **grouping)
-        metrics |= {f"head_{name}_{k}": v for k, v in scores.items()}
+        for key, predictions in ((name, result.test_predictions), (f"{name}_posthoc", result.posthoc_test_predictions)):
+            scores = group_accuracies(test.labels, predictions, class_counts, **grouping)
+            metrics |= {f"head_{key}_{k}": v for k, v in scores.items()}
         metrics |= {f"head_{name}_hp": float(result.best_hp), f"head_{name}_posthoc_tau": float(result.posthoc_tau)}
     return metrics
