@@ -49,20 +49,6 @@ def ssl_augmentation(
 
 # BCL's RandAugment (MediaBrain-SJTU/BCL data/randaug.py `augment_list`): (operation, min, max); the
 # value is min + (max - min) * magnitude / 30. Signs of shear, translation and rotation flip at random.
-def _shear(image: torch.Tensor, v: float, axis: int) -> torch.Tensor:
-    import torchvision.transforms.v2.functional as TF
-
-    angle = math.degrees(math.atan(v))
-    return TF.affine(image, angle=0.0, translate=[0, 0], scale=1.0, shear=[angle, 0.0] if axis == 0 else [0.0, angle])
-
-
-def _translate(image: torch.Tensor, v: float, axis: int) -> torch.Tensor:
-    import torchvision.transforms.v2.functional as TF
-
-    shift = round(v * image.shape[-1])
-    return TF.affine(image, angle=0.0, translate=[shift, 0] if axis == 0 else [0, shift], scale=1.0, shear=[0.0])
-
-
 def _cutout(image: torch.Tensor, v: float) -> torch.Tensor:
     """A square of side v * width at a uniformly random centre, filled with BCL's grey (125, 123, 114)."""
     size = round(v * image.shape[-1])
@@ -85,11 +71,15 @@ def rand_augment_ops() -> list[Op]:
     """The 15 operations on one float image in [0, 1] (torchvision is imported here: it is slow to import)."""
     import torchvision.transforms.v2.functional as TF
 
+    def affine(x: torch.Tensor, translate: list[int] | None = None, shear: list[float] | None = None) -> torch.Tensor:
+        return TF.affine(x, angle=0.0, translate=translate or [0, 0], scale=1.0, shear=shear or [0.0, 0.0])
+
     return [
-        ("shear_x", lambda x, v: _shear(x, v, 0), 0.0, 0.6, True),
-        ("shear_y", lambda x, v: _shear(x, v, 1), 0.0, 0.6, True),
-        ("translate_x", lambda x, v: _translate(x, v, 0), 0.0, 0.66, True),
-        ("translate_y", lambda x, v: _translate(x, v, 1), 0.0, 0.66, True),
+        # PIL's shear (1, v, 0, 0, 1, 0) is an angle of atan(v); translations are fractions of the width.
+        ("shear_x", lambda x, v: affine(x, shear=[math.degrees(math.atan(v)), 0.0]), 0.0, 0.6, True),
+        ("shear_y", lambda x, v: affine(x, shear=[0.0, math.degrees(math.atan(v))]), 0.0, 0.6, True),
+        ("translate_x", lambda x, v: affine(x, translate=[round(v * x.shape[-1]), 0]), 0.0, 0.66, True),
+        ("translate_y", lambda x, v: affine(x, translate=[0, round(v * x.shape[-1])]), 0.0, 0.66, True),
         ("rotate", lambda x, v: TF.rotate(x, v), 0.0, 60.0, True),
         ("autocontrast", lambda x, v: TF.autocontrast(x), 0.0, 1.0, False),
         ("invert", lambda x, v: TF.invert(x), 0.0, 1.0, False),

@@ -85,7 +85,9 @@ def evaluate(
     return metrics
 
 
-def evaluate_heads(lt_train: Features, val: Features, test: Features, class_counts: list[int], cfg: ProbeConfig):
+def evaluate_heads(
+    lt_train: Features, val: Features, test: Features, class_counts: list[int], cfg: ProbeConfig
+) -> dict[str, float]:
     """Each of `cfg.heads` on the LT training set's features; per head, test top-1 overall and per group
     as trained (`head_<name>_*`) and after post-hoc logit adjustment (`head_<name>_posthoc_*`), with the
     hyper-parameter and tau validation chose."""

@@ -62,13 +62,10 @@ class BCL(SimCLR):
 
     def views(self, batch, augment: nn.Sequential) -> list[torch.Tensor]:
         *ssl_steps, normalize = augment  # BCL's operations act on [0, 1] images, before normalisation
+        ssl = nn.Sequential(*ssl_steps)
         weight = self.memo_weight[batch.positions]
         magnitude = self.params.strength * weight * torch.rand(len(weight), device=weight.device)
-        views = []
-        for _ in range(2):
-            x = nn.Sequential(*ssl_steps)(batch.images)
-            views.append(normalize(rand_augment_prob(x, magnitude, weight, self.params.ops)))
-        return views
+        return [normalize(rand_augment_prob(ssl(batch.images), magnitude, weight, self.params.ops)) for _ in range(2)]
 
     @torch.no_grad()
     def after_step(self, output, batch, step, total_steps) -> None:

@@ -42,18 +42,11 @@ class SDCLR(SSLMethod):
 
     def __init__(self, cfg: PretrainConfig, data: DataInfo, params: Any = None) -> None:
         super().__init__(cfg, data, params)
-        self.masked = [
-            name
-            for name, module in self.backbone.named_modules()
-            if isinstance(module, nn.Conv2d | nn.Linear)
-            for pname, _ in module.named_parameters(recurse=False)
-            if pname == "weight"
-        ]
+        self.masked = [name for name, m in self.backbone.named_modules() if isinstance(m, nn.Conv2d | nn.Linear)]
         for i, name in enumerate(self.masked):
             self.register_buffer(f"prune_mask_{i}", torch.ones_like(self.backbone.get_parameter(f"{name}.weight")))
-        norm_names = [name for name, m in self.backbone.named_modules() if isinstance(m, NORMS)]
-        self.norm_names = norm_names
-        self.pruned_norms = nn.ModuleList([copy.deepcopy(self.backbone.get_submodule(n)) for n in norm_names])
+        self.norm_names = [name for name, m in self.backbone.named_modules() if isinstance(m, NORMS)]
+        self.pruned_norms = nn.ModuleList([copy.deepcopy(self.backbone.get_submodule(n)) for n in self.norm_names])
 
     @classmethod
     def check_params(cls, params: SDCLRParams, key: str, cfg: PretrainConfig) -> None:
