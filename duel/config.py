@@ -21,6 +21,7 @@ T = TypeVar("T")
 PROFILES = ("exp", "step", "dominant", "balanced", "balanced_matched", "natural", "file")
 # Profiles whose imbalance value only labels the setting: the LT set is given, not drawn.
 GIVEN_PROFILES = ("natural", "file")
+TRAIN_SETS = ("lt", "balanced")  # sweep.train_sets: D_i and D_b
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,12 @@ class SweepConfig:
     methods: list[str] = field(default_factory=lambda: ["moco", "dmoco", "simclr", "dsimclr"])
     # r >= 1 for exp / step / balanced / balanced_matched, rho_max in (0, 1) for dominant.
     imbalance: list[float] = field(default_factory=lambda: [1, 10, 100])
+    # What each encoder pretrains on: lt, the long-tailed subset (D_i), or balanced, a class-balanced
+    # subset of the same size from the same pool (D_b): the comparison that motivates the field.
+    train_sets: list[str] = field(default_factory=lambda: ["lt"])
+    # Random draws of the LT subset (and of the class order when head_order is shuffled); the
+    # validation split and the balanced pool stay the same across draws.
+    draws: list[int] = field(default_factory=lambda: [0])
     seeds: list[int] = field(default_factory=lambda: [0])
 
 
@@ -57,10 +64,10 @@ class PrepareConfig:
     profile: str = "exp"
     n_max: int = 100  # size of the largest (head) class
     head_order: str = "index"  # index | shuffled
-    seed: int = 0
+    seed: int = 0  # of draw 0; draw k > 0 draws with [seed, k]
     match_profile: str = "exp"  # the LT profile whose total size balanced_matched copies
     # profile `file`: a .npy of indices into the source's training split (SDCLR/BCL split files);
-    # `{imbalance}` in the path is replaced by the setting, e.g. splits/r{imbalance}_D_i.npy.
+    # `{imbalance}` and `{draw}` in the path name the setting, e.g. splits/r{imbalance}/split{draw}_D_i.npy.
     index_file: str | None = None
     val_index_file: str | None = None  # a .npy validation split (e.g. SDCLR's valIdxList.npy)
 

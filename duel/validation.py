@@ -10,7 +10,7 @@ from __future__ import annotations
 from typing import Any
 
 from duel.backbones import BACKBONES
-from duel.config import GIVEN_PROFILES, PROFILES, PrepareConfig, StudyConfig, build_config, to_dict
+from duel.config import GIVEN_PROFILES, PROFILES, TRAIN_SETS, PrepareConfig, StudyConfig, build_config, to_dict
 from duel.data.sources import SOURCES
 from duel.errors import ConfigError
 from duel.eval.protocol import HEADS
@@ -45,7 +45,13 @@ def validate(cfg: StudyConfig) -> None:
     s, d, p, t, m, pr, rt = cfg.sweep, cfg.data, cfg.prepare, cfg.pretrain, cfg.pretrain.memory, cfg.probe, cfg.runtime
     for name in s.methods:
         _require(name in METHODS, "sweep.methods", name, f"known methods: {', '.join(METHODS)}")
-    _require(bool(s.methods and s.imbalance and s.seeds), "sweep", to_dict(s), "every axis needs a value")
+    _require(all(bool(axis) for axis in to_dict(s).values()), "sweep", to_dict(s), "every axis needs a value")
+    for name in s.train_sets:
+        _require(name in TRAIN_SETS, "sweep.train_sets", name, "lt (the LT subset) or balanced (same size, balanced)")
+    for draw in s.draws:
+        _require(draw >= 0, "sweep.draws", draw, "LT draws are numbered from 0")
+    for key, axis in to_dict(s).items():
+        _require(len(set(axis)) == len(axis), f"sweep.{key}", axis, "distinct values (each names its own runs)")
     _require(d.source in SOURCES, "data.source", d.source, f"known sources: {', '.join(SOURCES)}")
     _require(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "must be in (0, 1)")
     _require(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in (0, 1)")

@@ -3,13 +3,14 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Annotated, Any
 
 import typer
 import yaml
 
-from duel.config import StudyConfig
+from duel.config import TRAIN_SETS, StudyConfig
 from duel.data.longtail import check_manifest
 from duel.data.sources import SourceData, load_source
 from duel.errors import ConfigError, DuelError
@@ -19,6 +20,8 @@ from duel.validation import parse_config, validate_imbalance
 MethodOption = Annotated[str, typer.Option(help="a registered method (duel.methods.METHODS), e.g. moco or dmoco")]
 ImbalanceOption = Annotated[float, typer.Option(help="r of exp/step/balanced(_matched), rho_max of dominant")]
 SeedOption = Annotated[int, typer.Option(help="training seed")]
+DrawOption = Annotated[int, typer.Option(help="the random draw of the LT subset (sweep.draws)")]
+TrainSetOption = Annotated[str, typer.Option(help="pretrain on lt (D_i) or balanced (D_b, same size)")]
 ParamsOption = Annotated[Path, typer.Option(help="the params file")]
 PARAMS = Path("params.yaml")
 
@@ -37,6 +40,11 @@ def load_params(path: Path) -> StudyConfig:
     return parse_config(values)
 
 
+def stage_name(stage: str, *parts: Any) -> str:
+    """The DVC matrix stage name, e.g. prepare@100-0."""
+    return f"{stage}@{'-'.join(str(p) for p in parts)}" if parts else stage
+
+
 def setting(value: float) -> str:
     """An imbalance value as DVC writes it in stage names: 10.0 -> '10', 0.5 -> '0.5'."""
     return f"{value:g}"
@@ -53,20 +61,55 @@ def check_method(method: str) -> None:
         raise ConfigError("--method", method, f"known methods: {', '.join(METHODS)}")
 
 
-def manifest_path(imbalance: float) -> Path:
-    return OUTPUTS / "prepare" / f"imb{setting(imbalance)}" / "manifest.json"
+def check_train_set(train_set: str) -> None:
+    if train_set not in TRAIN_SETS:
+        raise ConfigError("--train-set", train_set, "lt (the LT subset) or balanced (same size, balanced)")
 
 
-def run_id(method: str, imbalance: float, seed: int) -> str:
-    return f"{method}-imb{setting(imbalance)}-s{seed}"
+def manifest_path(imbalance: float, draw: int) -> Path:
+    return OUTPUTS / "prepare" / f"imb{setting(imbalance)}-d{draw}" / "manifest.json"
 
 
-def pretrain_dir(method: str, imbalance: float, seed: int) -> Path:
-    return OUTPUTS / "pretrain" / run_id(method, imbalance, seed)
+@dataclass(frozen=True)
+class RunKey:
+    """One pretrain + probe run of the sweep: a point of dvc.yaml's matrix."""
 
+    method: str
+    imbalance: float
+    train_set: str = "lt"
+    draw: int = 0
+    seed: int = 0
 
-def probe_dir(method: str, imbalance: float, seed: int) -> Path:
-    return OUTPUTS / "probe" / run_id(method, imbalance, seed)
+    @property
+    def name(self) -> str:
+        """The run's folder under outputs/ and checkpoints/, e.g. dmoco-imb100-lt-d0-s0."""
+        return f"{self.method}-imb{setting(self.imbalance)}-{self.train_set}-d{self.draw}-s{self.seed}"
+
+    def stage(self, stage: str) -> str:
+        """The DVC stage of this run, e.g. pretrain@dmoco-100-lt-0-0 (matrix keys in dvc.yaml's order)."""
+        return stage_name(stage, self.method, setting(self.imbalance), self.train_set, self.draw, self.seed)
+
+    @property
+    def pretrain_dir(self) -> Path:
+        return OUTPUTS / "pretrain" / self.name
+
+    @property
+    def probe_dir(self) -> Path:
+        return OUTPUTS / "probe" / self.name
+
+    @property
+    def checkpoint(self) -> Path:
+        return CHECKPOINTS / self.name / "last.pt"
+
+    def config(self) -> dict[str, Any]:
+        """The run's coordinates as logged params (the MLflow runs table's columns)."""
+        return {
+            "method": self.method,
+            "imbalance": self.imbalance,
+            "train_set": self.train_set,
+            "draw": self.draw,
+            "seed": self.seed,
+        }
 
 
 def read_json(path: Path, produced_by: str) -> Any:
@@ -78,9 +121,9 @@ def read_json(path: Path, produced_by: str) -> Any:
         raise DuelError(f"{path} is corrupt ({exc}); delete it and run `dvc repro {produced_by}`") from exc
 
 
-def load_data(cfg: StudyConfig, imbalance: float) -> tuple[SourceData, dict[str, Any]]:
-    """The source and the manifest of one imbalance setting, checked against each other."""
-    manifest = read_json(manifest_path(imbalance), f"prepare@{setting(imbalance)}")
+def load_data(cfg: StudyConfig, imbalance: float, draw: int) -> tuple[SourceData, dict[str, Any]]:
+    """The source and the manifest of one imbalance setting and LT draw, checked against each other."""
+    manifest = read_json(manifest_path(imbalance, draw), stage_name("prepare", setting(imbalance), draw))
     source = load_source(cfg.data, cfg.runtime)
     check_manifest(manifest, source)
     return source, manifest

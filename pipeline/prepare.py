@@ -1,4 +1,4 @@
-"""Stage 1: the long-tailed manifest of one imbalance setting."""
+"""Stage 1: the long-tailed manifest of one imbalance setting and LT draw."""
 
 from __future__ import annotations
 
@@ -6,23 +6,34 @@ from duel.config import to_dict
 from duel.data.longtail import build_manifest
 from duel.data.sources import load_source
 from duel.utils import write_json
-from pipeline.common import PARAMS, ImbalanceOption, ParamsOption, check_imbalance, load_params, manifest_path, setting
-from pipeline.tracking import StageRun, stage_name
+from pipeline.common import (
+    PARAMS,
+    DrawOption,
+    ImbalanceOption,
+    ParamsOption,
+    check_imbalance,
+    load_params,
+    manifest_path,
+    setting,
+    stage_name,
+)
+from pipeline.tracking import StageRun
 
 
 def prepare(
     imbalance: ImbalanceOption,
+    draw: DrawOption = 0,
     params: ParamsOption = PARAMS,
 ) -> None:
-    """Build the LT manifest (indices, per-class counts, seed, source fingerprint)."""
+    """Build the manifest (validation split, pool, LT subset, its balanced match, counts, source fingerprint)."""
     cfg = load_params(params)
     check_imbalance(cfg, imbalance)
     source = load_source(cfg.data, cfg.runtime)
-    manifest = build_manifest(source, cfg.data, cfg.prepare, imbalance)
-    config = {"data": to_dict(cfg.data), "prepare": to_dict(cfg.prepare), "imbalance": imbalance}
+    manifest = build_manifest(source, cfg.data, cfg.prepare, imbalance, draw)
+    config = {"data": to_dict(cfg.data), "prepare": to_dict(cfg.prepare), "imbalance": imbalance, "draw": draw}
     metrics = {"num_train": manifest["num_train"], "num_val": len(manifest["val_indices"])}
-    with StageRun("prepare", stage_name("prepare", setting(imbalance)), config, cfg.tracking.experiment) as run:
-        out = manifest_path(imbalance)
+    with StageRun("prepare", stage_name("prepare", setting(imbalance), draw), config, cfg.tracking.experiment) as run:
+        out = manifest_path(imbalance, draw)
         write_json(out, manifest)
         run.log_metrics(metrics)
         run.log_artifact(out)

@@ -1,4 +1,5 @@
-"""Stage 2: one SSL run (method x imbalance x seed): encoder, final memory, metrics, step log."""
+"""Stage 2: one SSL run (method x imbalance x training set x LT draw x seed): encoder, final memory,
+metrics, step log."""
 
 from __future__ import annotations
 
@@ -18,25 +19,29 @@ from duel.methods import DataInfo, build_method
 from duel.train import pretrain as train
 from duel.utils import atomic_path, save_torch, seed_everything, write_json
 from pipeline.common import (
-    CHECKPOINTS,
     PARAMS,
+    DrawOption,
     ImbalanceOption,
     MethodOption,
     ParamsOption,
+    RunKey,
     SeedOption,
+    TrainSetOption,
     check_imbalance,
     check_method,
+    check_train_set,
     load_data,
     load_params,
-    pretrain_dir,
-    run_id,
-    setting,
 )
-from pipeline.tracking import StageRun, stage_name
+from pipeline.tracking import StageRun
+
+# sweep.train_sets -> the manifest's indices it pretrains on
+TRAIN_SET_INDICES = {"lt": "train_indices", "balanced": "matched_indices"}
 
 
 def pretraining_set(source: SourceData, train_indices: list[int]) -> IndexedImages:
-    """The LT training subset, plus the source's unlabeled images (indices after the training split)."""
+    """A training subset (LT or its balanced match), plus the source's unlabeled images (indices after
+    the training split)."""
     if source.unlabeled is None:
         return IndexedImages(source.train, train_indices)
     whole = source.train.concat(source.unlabeled)
@@ -46,6 +51,8 @@ def pretraining_set(source: SourceData, train_indices: list[int]) -> IndexedImag
 def pretrain(
     method: MethodOption,
     imbalance: ImbalanceOption,
+    train_set: TrainSetOption = "lt",
+    draw: DrawOption = 0,
     seed: SeedOption = 0,
     resume: Annotated[bool, typer.Option(help="continue an interrupted run from its last checkpoint")] = False,
     params: ParamsOption = PARAMS,
@@ -54,27 +61,27 @@ def pretrain(
     cfg = load_params(params)
     check_method(method)
     check_imbalance(cfg, imbalance)
-    source, manifest = load_data(cfg, imbalance)
+    check_train_set(train_set)
+    key = RunKey(method, imbalance, train_set, draw, seed)
+    source, manifest = load_data(cfg, imbalance, draw)
+    indices = manifest[TRAIN_SET_INDICES[train_set]]
     config = {
-        "method": method,
-        "imbalance": imbalance,
-        "seed": seed,
+        **key.config(),
         "data": to_dict(cfg.data),
         "pretrain": to_dict(cfg.pretrain),
         "manifest_fingerprint": manifest["source_fingerprint"],
-        "num_train": manifest["num_train"],
+        "num_train": len(indices),
     }
 
     seed_everything(seed, cfg.runtime.device)
-    dataset = pretraining_set(source, manifest["train_indices"])
+    dataset = pretraining_set(source, indices)
     model = build_method(method, cfg.pretrain, DataInfo(source.channels, len(dataset), source.num_classes))
     config["memory_policy"] = model.memory_policy
     mean, std = source.channel_stats()
     augment = ssl_augmentation(cfg.pretrain.augment, source.image_size, source.channels, mean, std)
-    checkpoint = CHECKPOINTS / run_id(method, imbalance, seed) / "last.pt"
-    name = stage_name("pretrain", method, setting(imbalance), seed)
+    checkpoint = key.checkpoint
 
-    with StageRun("pretrain", name, config, cfg.tracking.experiment, resume=resume) as run:
+    with StageRun("pretrain", key.stage("pretrain"), config, cfg.tracking.experiment, resume=resume) as run:
         tic = time.perf_counter()
         history, diagnostics = train(
             model,
@@ -88,6 +95,8 @@ def pretrain(
             checkpoint=checkpoint,
             resume=resume,
             on_step=run.log_step,
+            # The LT set's counts for both training sets: a balanced run's diagnostics then name the same
+            # head and tail classes as the LT run it is compared with (as the probe's groups do).
             class_counts=manifest["class_counts"],
             on_epoch=lambda record: run.log_step({"step": record["step"], **summary_metrics(record)}, "memory"),
             on_method_metrics=lambda record: run.log_step(record, "method"),
@@ -106,7 +115,7 @@ def pretrain(
             metrics["memory_head_keys"] = sum(final["histogram"][c] for c in final["head_classes"])
             metrics.update(summary_metrics(final))
 
-        out = pretrain_dir(method, imbalance, seed)
+        out = key.pretrain_dir
         save_torch(
             out / "model.pt",
             {

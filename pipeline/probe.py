@@ -17,19 +17,20 @@ from duel.eval.protocol import Features, evaluate, evaluate_heads, probe_train_s
 from duel.utils import atomic_path, write_json
 from pipeline.common import (
     PARAMS,
+    DrawOption,
     ImbalanceOption,
     MethodOption,
     ParamsOption,
+    RunKey,
     SeedOption,
+    TrainSetOption,
     check_imbalance,
     check_method,
+    check_train_set,
     load_data,
     load_params,
-    pretrain_dir,
-    probe_dir,
-    setting,
 )
-from pipeline.tracking import StageRun, stage_name
+from pipeline.tracking import StageRun
 
 
 def load_encoder(path: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
@@ -48,17 +49,22 @@ def load_encoder(path: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
 def probe(
     method: MethodOption,
     imbalance: ImbalanceOption,
+    train_set: TrainSetOption = "lt",
+    draw: DrawOption = 0,
     seed: SeedOption = 0,
     params: ParamsOption = PARAMS,
 ) -> None:
     """Linear probe (C chosen on validation), kNN and the LT-aware heads of probe.heads; overall / many /
-    medium / few top-1 on test."""
+    medium / few top-1 on test. The protocol is the same whatever set the encoder pretrained on: groups
+    by the draw's LT counts, heads trained on its LT set."""
     cfg = load_params(params)
     check_method(method)
     check_imbalance(cfg, imbalance)
+    check_train_set(train_set)
+    key = RunKey(method, imbalance, train_set, draw, seed)
     pc = cfg.probe
-    source, manifest = load_data(cfg, imbalance)
-    encoder, normalize = load_encoder(pretrain_dir(method, imbalance, seed) / "model.pt")
+    source, manifest = load_data(cfg, imbalance, draw)
+    encoder, normalize = load_encoder(key.pretrain_dir / "model.pt")
 
     train_sets = probe_train_sets(manifest, source.train.labels, source.classes, pc)
     lt_set = np.asarray(manifest["train_indices"]) if pc.heads else np.empty(0, dtype=np.int64)
@@ -81,10 +87,9 @@ def probe(
         rows = np.searchsorted(pool, lt_set)
         lt_train = Features(feats["pool"].features[rows], feats["pool"].labels[rows])
         metrics |= evaluate_heads(lt_train, feats["val"], feats["test"], counts, pc)
-    config = {"method": method, "imbalance": imbalance, "seed": seed, "probe": to_dict(pc)}
-    name = stage_name("probe", method, setting(imbalance), seed)
-    with StageRun("probe", name, config, cfg.tracking.experiment) as run:
-        out = probe_dir(method, imbalance, seed)
+    config = {**key.config(), "probe": to_dict(pc)}
+    with StageRun("probe", key.stage("probe"), config, cfg.tracking.experiment) as run:
+        out = key.probe_dir
         with atomic_path(out / "test_features.npz") as tmp, tmp.open("wb") as fh:
             np.savez_compressed(fh, features=feats["test"].features, labels=feats["test"].labels)
         write_json(out / "metrics.json", metrics)

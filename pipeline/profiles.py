@@ -53,6 +53,7 @@ def smoke_overrides(values: dict[str, Any]) -> dict[str, Any]:
     out = {
         "sweep.methods": sweep["methods"][:2],
         "sweep.imbalance": sweep["imbalance"][-1:],  # the most imbalanced setting
+        "sweep.draws": sweep["draws"][:1],
         "sweep.seeds": sweep["seeds"][:1],
         "tracking.experiment": f"{values['tracking']['experiment']}-smoke",
         "data.image_size": 16,

@@ -16,18 +16,8 @@ from duel.eval.groups import GROUPS as ACCURACY_GROUPS
 from duel.eval.tsne import tsne_embed
 from duel.memory import ActiveMemory
 from duel.utils import atomic_path, write_json
-from pipeline.common import (
-    PARAMS,
-    REPORTS,
-    ParamsOption,
-    load_params,
-    manifest_path,
-    pretrain_dir,
-    probe_dir,
-    read_json,
-    setting,
-)
-from pipeline.tracking import StageRun, stage_name
+from pipeline.common import PARAMS, REPORTS, ParamsOption, RunKey, load_params, manifest_path, read_json, setting
+from pipeline.tracking import StageRun
 
 matplotlib.use("Agg")
 import matplotlib.pyplot as plt
@@ -42,31 +32,44 @@ TABLES = {
 }
 
 
+def row_label(method: str, train_set: str) -> str:
+    """A table row: the method, marked when it pretrained on the balanced match of the LT set."""
+    return method if train_set == "lt" else f"{method} ({train_set})"
+
+
+def run_keys(cfg: StudyConfig) -> list[RunKey]:
+    s = cfg.sweep
+    return [RunKey(*point) for point in itertools.product(s.methods, s.imbalance, s.train_sets, s.draws, s.seeds)]
+
+
 def collect(cfg: StudyConfig) -> pd.DataFrame:
-    """One row per run of the sweep: its pretrain and probe metrics."""
+    """One row per run of the sweep: its coordinates, pretrain and probe metrics."""
     rows = []
-    for method, imbalance, seed in itertools.product(cfg.sweep.methods, cfg.sweep.imbalance, cfg.sweep.seeds):
-        name = f"{method}-{setting(imbalance)}-{seed}"
-        pre = read_json(pretrain_dir(method, imbalance, seed) / "metrics.json", f"pretrain@{name}")
-        probe = read_json(probe_dir(method, imbalance, seed) / "metrics.json", f"probe@{name}")
-        rows.append({"method": method, "imbalance": imbalance, "seed": seed, **pre, **probe})
+    for key in run_keys(cfg):
+        pre = read_json(key.pretrain_dir / "metrics.json", key.stage("pretrain"))
+        probe = read_json(key.probe_dir / "metrics.json", key.stage("probe"))
+        rows.append({**key.config(), "row": row_label(key.method, key.train_set), **pre, **probe})
     return pd.DataFrame(rows)
 
 
+def table_rows(cfg: StudyConfig) -> list[str]:
+    return [row_label(m, t) for m in cfg.sweep.methods for t in cfg.sweep.train_sets]
+
+
 def paper_table(runs: pd.DataFrame, cfg: StudyConfig, column: str, scale: float, decimals: int) -> pd.DataFrame:
-    """Rows methods, columns imbalance settings, cells 'mean ± std' over seeds (one seed: ± the std over
-    k-shot splits where there are several, else just the value)."""
-    table = pd.DataFrame(index=cfg.sweep.methods, columns=[setting(v) for v in cfg.sweep.imbalance], dtype=object)
+    """Rows methods (and their balanced-set runs), columns imbalance settings, cells 'mean ± std' over LT
+    draws and seeds (one run: ± the std over k-shot splits where there are several, else just the value)."""
+    table = pd.DataFrame(index=table_rows(cfg), columns=[setting(v) for v in cfg.sweep.imbalance], dtype=object)
     if column not in runs:
         return table.fillna("-")
-    for (method, imbalance), group in runs.groupby(["method", "imbalance"]):
+    for (row, imbalance), group in runs.groupby(["row", "imbalance"]):
         values = group[column].dropna() * scale
         split_std = f"{column}_split_std"  # k-shot probes: the std over random splits of one run
         if len(values) == 1 and split_std in group and group[split_std].notna().all():
             cell = f"{values.mean():.{decimals}f} ± {group[split_std].iloc[0] * scale:.{decimals}f}"
         else:
             cell = mean_std(values, decimals)
-        table.loc[method, setting(imbalance)] = cell
+        table.loc[row, setting(imbalance)] = cell
     return table.fillna("-")
 
 
@@ -80,21 +83,44 @@ def mean_std(values: pd.Series, decimals: int) -> str:
 
 
 PLAIN_AND_POSTHOC = (("", ""), (" + post-hoc", "_posthoc"))  # each head as trained and post-hoc adjusted
+GROUP_COLUMNS = [*ACCURACY_GROUPS, "all"]
+
+
+def group_cells(runs: pd.DataFrame, prefix: str) -> list[str]:
+    """Many / medium / few / all top-1 (%) of one head over `runs`, 'mean ± std' over them."""
+    columns = [f"{prefix}_{g}" for g in (*ACCURACY_GROUPS, "top1")]
+    return [mean_std(runs[c].dropna() * 100, 1) if c in runs else "-" for c in columns]
 
 
 def heads_table(runs: pd.DataFrame, cfg: StudyConfig, imbalance: float) -> pd.DataFrame:
     """The LT-aware heads of every method at one setting: rows 'method / head', columns many / medium /
-    few / all top-1 (%), mean ± std over seeds; the balanced linear probe first for reference, then each
-    head as trained and after post-hoc logit adjustment."""
+    few / all top-1 (%), mean ± std over draws and seeds; the balanced linear probe first for reference,
+    then each head as trained and after post-hoc logit adjustment."""
     at = runs[runs.imbalance == imbalance]
+    heads = [(f"{h}{suffix}", f"head_{h}{key}") for h in cfg.probe.heads for suffix, key in PLAIN_AND_POSTHOC]
     rows = {}
-    for method in cfg.sweep.methods:
-        mine = at[at.method == method]
-        heads = [(f"{h}{suffix}", f"head_{h}{key}") for h in cfg.probe.heads for suffix, key in PLAIN_AND_POSTHOC]
+    for row in table_rows(cfg):
         for head, prefix in [("linear probe", "linear"), *heads]:
-            columns = [f"{prefix}_{g}" for g in (*ACCURACY_GROUPS, "top1")]
-            rows[f"{method} / {head}"] = [mean_std(mine[c].dropna() * 100, 1) if c in mine else "-" for c in columns]
-    return pd.DataFrame.from_dict(rows, orient="index", columns=[*ACCURACY_GROUPS, "all"])
+            rows[f"{row} / {head}"] = group_cells(at[at.row == row], prefix)
+    return pd.DataFrame.from_dict(rows, orient="index", columns=GROUP_COLUMNS)
+
+
+# sweep.train_sets in the notation of Jiang et al. (SDCLR, ICML 2021), Table 1
+TRAIN_SET_NAMES = {"balanced": "D_b (balanced)", "lt": "D_i (long-tailed)"}
+
+
+def balanced_vs_lt_table(runs: pd.DataFrame, cfg: StudyConfig, imbalance: float) -> pd.DataFrame:
+    """The table that motivates the field: each method pretrained on the balanced set D_b and on the LT
+    set D_i of the same size, the same balanced linear probe, top-1 (%) per group (the LT draw's groups
+    for both), mean ± std over LT draws and seeds."""
+    at = runs[runs.imbalance == imbalance]
+    order = [t for t in TRAIN_SET_NAMES if t in cfg.sweep.train_sets]
+    rows = {
+        f"{method} / {TRAIN_SET_NAMES[t]}": group_cells(at[(at.method == method) & (at.train_set == t)], "linear")
+        for method in cfg.sweep.methods
+        for t in order
+    }
+    return pd.DataFrame.from_dict(rows, orient="index", columns=GROUP_COLUMNS)
 
 
 def markdown(table: pd.DataFrame, caption: str, axis: str, index: str = "method") -> str:
@@ -115,10 +141,10 @@ def plot_accuracy(runs: pd.DataFrame, cfg: StudyConfig, axis: str, path: Path) -
     fig, axes = plt.subplots(1, 2, figsize=(10, 4), sharey=True)
     x = np.arange(len(cfg.sweep.imbalance))
     for ax, column, title in zip(axes, ("linear_top1", "knn_top1"), ("linear probe", "kNN"), strict=True):
-        for method in cfg.sweep.methods:
-            stats = runs[runs.method == method].groupby("imbalance")[column].agg(["mean", "std"])
+        for row in table_rows(cfg):
+            stats = runs[runs.row == row].groupby("imbalance")[column].agg(["mean", "std"])
             stats = stats.reindex(cfg.sweep.imbalance)
-            ax.errorbar(x, 100 * stats["mean"], yerr=100 * stats["std"].fillna(0), marker="o", capsize=3, label=method)
+            ax.errorbar(x, 100 * stats["mean"], yerr=100 * stats["std"].fillna(0), marker="o", capsize=3, label=row)
         ax.set(title=title, xlabel=axis, xticks=x, xticklabels=[setting(v) for v in cfg.sweep.imbalance])
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test top-1 (%)")
@@ -126,15 +152,22 @@ def plot_accuracy(runs: pd.DataFrame, cfg: StudyConfig, axis: str, path: Path) -
     save_figure(fig, path)
 
 
+def shown_run(cfg: StudyConfig, method: str, imbalance: float) -> RunKey:
+    """The run a figure shows for a method and setting: the first training set, draw and seed of the sweep."""
+    s = cfg.sweep
+    return RunKey(method, imbalance, s.train_sets[0], s.draws[0], s.seeds[0])
+
+
 def plot_entropy(cfg: StudyConfig, axis: str, memory_methods: list[str], path: Path) -> None:
     settings = cfg.sweep.imbalance
     fig, axes = plt.subplots(1, len(settings), figsize=(4 * len(settings), 3.5), sharey=True, squeeze=False)
-    seed = cfg.sweep.seeds[0]
     for ax, imbalance in zip(axes[0], settings, strict=True):
         for method in memory_methods:
-            log = pd.read_csv(pretrain_dir(method, imbalance, seed) / "train_log.csv")
+            log = pd.read_csv(shown_run(cfg, method, imbalance).pretrain_dir / "train_log.csv")
             ax.plot(log["step"], log["memory_entropy"], label=method)
-        ax.set(title=f"{axis}={setting(imbalance)} (seed {seed})", xlabel="training step", ylim=(0, 1.02))
+        where = shown_run(cfg, "", imbalance)
+        title = f"{axis}={setting(imbalance)} ({where.train_set}, draw {where.draw}, seed {where.seed})"
+        ax.set(title=title, xlabel="training step", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
     axes[0, 0].set_ylabel("memory class entropy")
     axes[0, -1].legend()
@@ -151,9 +184,9 @@ def scatter_grid(panels: dict[str, tuple[np.ndarray, np.ndarray]], classes: int,
     save_figure(fig, path)
 
 
-def load_memory(method: str, imbalance: float, seed: int) -> ActiveMemory:
+def load_memory(key: RunKey) -> ActiveMemory:
     """The final memory of a pretrain run, restored into an ActiveMemory."""
-    saved = torch.load(pretrain_dir(method, imbalance, seed) / "memory.pt", weights_only=False)
+    saved = torch.load(key.pretrain_dir / "memory.pt", weights_only=False)
     state = saved["state_dict"]
     memory = ActiveMemory(*state["keys"].shape, policy=saved["policy"], num_classes=len(state["inserted"]))
     memory.load_state_dict(saved["state_dict"])
@@ -170,8 +203,8 @@ def plot_memory_histograms(memories: dict[str, ActiveMemory], classes: int, titl
     save_figure(fig, path)
 
 
-def load_diagnostics(method: str, imbalance: float, seed: int) -> list[dict]:
-    return read_json(pretrain_dir(method, imbalance, seed) / "memory_diagnostics.json", "pretrain")
+def load_diagnostics(key: RunKey) -> list[dict]:
+    return read_json(key.pretrain_dir / "memory_diagnostics.json", key.stage("pretrain"))
 
 
 def plot_flows(diagnostics: dict[str, list[dict]], title: str, path: Path) -> None:
@@ -246,31 +279,46 @@ def plot_similarities(diagnostics: dict[str, list[dict]], title: str, path: Path
     save_figure(fig, path)
 
 
+def summary_key(method: str, train_set: str, where: str, column: str) -> str:
+    """summary.json / MLflow metric names (no brackets or parentheses allowed there)."""
+    return f"{method}/{where}/{column}" if train_set == "lt" else f"{method}/{train_set}/{where}/{column}"
+
+
 def report(params: ParamsOption = PARAMS) -> None:
     """Aggregate every run into reports/: Markdown + CSV tables, plots, t-SNE maps."""
     cfg = load_params(params)
     runs = collect(cfg)
     axis = "rho" if cfg.prepare.profile == "dominant" else "r"
     worst = max(cfg.sweep.imbalance)  # the most imbalanced setting, for r and rho alike
-    seed = cfg.sweep.seeds[0]
     with_memory = set(runs.dropna(subset=["memory_entropy"]).method) if "memory_entropy" in runs else set()
     memory_methods = [m for m in cfg.sweep.methods if m in with_memory]
-    num_classes = len(read_json(manifest_path(worst), f"prepare@{setting(worst)}")["classes"])
+    num_classes = len(read_json(manifest_path(worst, cfg.sweep.draws[0]), "prepare")["classes"])
+    runs_per_cell = len(cfg.sweep.draws) * len(cfg.sweep.seeds)
 
     figures = REPORTS / "figures"
-    md = [f"# Results: {cfg.data.source}, profile {cfg.prepare.profile}, seeds {cfg.sweep.seeds}", ""]
+    s = cfg.sweep
+    md = [f"# Results: {cfg.data.source}, profile {cfg.prepare.profile}, LT draws {s.draws}, seeds {s.seeds}", ""]
     summary: dict[str, float] = {}
     for name, (column, scale, decimals, caption) in TABLES.items():
         table = paper_table(runs, cfg, column, scale, decimals)
         md.append(markdown(table, caption, axis))
         with atomic_path(REPORTS / f"{name}.csv") as tmp:
             table.to_csv(tmp, index_label="method")
-    means = runs.groupby(["method", "imbalance"])[[c for c, *_ in TABLES.values() if c in runs]].mean()
-    for (method, imbalance), row in means.iterrows():
+    means = runs.groupby(["method", "train_set", "imbalance"])[[c for c, *_ in TABLES.values() if c in runs]].mean()
+    for (method, train_set, imbalance), row in means.iterrows():
         for column, value in row.dropna().items():
-            summary[f"{method}/{axis}{setting(imbalance)}/{column}"] = float(value)
+            summary[summary_key(method, train_set, f"{axis}{setting(imbalance)}", column)] = float(value)
+    spread = f"mean ± std over {runs_per_cell} runs (LT draws x seeds)" if runs_per_cell > 1 else "one run"
+    balanced = balanced_vs_lt_table(runs, cfg, worst)
+    caption = (
+        f"Pretrained on a balanced set (D_b) or the LT set (D_i) of the same size, {axis}={setting(worst)}: "
+        f"balanced linear probe, top-1 (%) per group of the LT draw, {spread}"
+    )
+    md.append(markdown(balanced, caption, "", index="method / pretraining set"))
+    with atomic_path(REPORTS / "balanced_vs_lt.csv") as tmp:
+        balanced.to_csv(tmp, index_label="method / pretraining set")
     heads = heads_table(runs, cfg, worst)
-    caption = f"Linear probe and LT-aware heads at {axis}={setting(worst)}: top-1 (%) per group"
+    caption = f"Linear probe and LT-aware heads at {axis}={setting(worst)}: top-1 (%) per group, {spread}"
     md.append(markdown(heads, caption, "", index="method / head"))
     with atomic_path(REPORTS / "lt_heads.csv") as tmp:
         heads.to_csv(tmp, index_label="method / head")
@@ -279,7 +327,8 @@ def report(params: ParamsOption = PARAMS) -> None:
     with atomic_path(REPORTS / "runs.csv") as tmp:
         runs.to_csv(tmp, index=False)
     with atomic_path(REPORTS / "accuracy_vs_imbalance.csv") as tmp:
-        runs[["method", "imbalance", "seed", "linear_top1", "knn_top1"]].to_csv(tmp, index=False)
+        coordinates = ["method", "imbalance", "train_set", "draw", "seed"]
+        runs[[*coordinates, "linear_top1", "knn_top1"]].to_csv(tmp, index=False)
 
     plot_accuracy(runs, cfg, axis, figures / "accuracy_vs_imbalance.png")
     if memory_methods:
@@ -287,13 +336,14 @@ def report(params: ParamsOption = PARAMS) -> None:
     rc = cfg.report
     feature_maps = {}
     for method in cfg.sweep.methods:
-        data = np.load(probe_dir(method, worst, seed) / "test_features.npz")
+        data = np.load(shown_run(cfg, method, worst).probe_dir / "test_features.npz")
         feature_maps[method] = tsne_embed(data["features"], data["labels"], rc.tsne_perplexity, rc.tsne_max_points)
-    where = f"{axis}={setting(worst)}, seed {seed}"
+    shown = shown_run(cfg, "", worst)
+    where = f"{axis}={setting(worst)}, {shown.train_set}, draw {shown.draw}, seed {shown.seed}"
     scatter_grid(feature_maps, num_classes, f"t-SNE of test features ({where})", figures / "tsne_features.png")
-    shown = [m for m in ("moco", "dmoco") if m in memory_methods] or memory_methods
-    if shown:
-        memories = {m: load_memory(m, worst, seed) for m in shown}
+    with_maps = [m for m in ("moco", "dmoco") if m in memory_methods] or memory_methods
+    if with_maps:
+        memories = {m: load_memory(shown_run(cfg, m, worst)) for m in with_maps}
         maps = {
             m: tsne_embed(
                 mem.valid_keys().numpy(), mem.labels[: mem.num_filled].numpy(), rc.tsne_perplexity, rc.tsne_max_points
@@ -302,7 +352,7 @@ def report(params: ParamsOption = PARAMS) -> None:
         }
         scatter_grid(maps, num_classes, f"t-SNE of the final memory ({where})", figures / "tsne_memory.png")
         plot_memory_histograms(memories, num_classes, f"final memory ({where})", figures / "memory_histogram.png")
-        diagnostics = {m: load_diagnostics(m, worst, seed) for m in memory_methods}
+        diagnostics = {m: load_diagnostics(shown_run(cfg, m, worst)) for m in memory_methods}
         diagnostics = {m: records for m, records in diagnostics.items() if records}
         if diagnostics:
             plot_flows(diagnostics, f"memory flows ({where})", figures / "memory_flows.png")
@@ -312,7 +362,7 @@ def report(params: ParamsOption = PARAMS) -> None:
 
     write_json(REPORTS / "summary.json", summary)
     config = {"sweep": to_dict(cfg.sweep), "report": to_dict(cfg.report)}
-    with StageRun("report", stage_name("report"), config, cfg.tracking.experiment) as run:
+    with StageRun("report", "report", config, cfg.tracking.experiment) as run:
         run.log_metrics(summary)
         for path in sorted(REPORTS.glob("*.*")) + sorted(figures.glob("*.png")):
             run.log_artifact(path, "figures" if path.parent == figures else None)

@@ -59,11 +59,6 @@ def check_reachable(uri: str) -> None:
         ) from exc
 
 
-def stage_name(stage: str, *parts: Any) -> str:
-    """The DVC matrix stage name, e.g. pretrain@moco-10-0."""
-    return f"{stage}@{'-'.join(str(p) for p in parts)}" if parts else stage
-
-
 class StageRun:
     """One MLflow run for one stage instance; a context manager.
 

@@ -50,6 +50,7 @@ PRETRAIN = ["pretrain", "--method", "moco", "--imbalance", "10", "--seed", "0"]
     [
         (["pretrain", "--method", "byol", "--imbalance", "10"], None, "--method='byol' is not allowed"),
         (["prepare", "--imbalance", "0.5"], None, "--imbalance=0.5 is not allowed: the imbalance ratio r"),
+        ([*PRETRAIN, "--train-set", "test"], None, "--train-set='test' is not allowed: lt (the LT subset) or balanced"),
         (PRETRAIN, {"data": {"source": "cifar"}}, "data.source='cifar' is not allowed"),
         (PRETRAIN, {"pretrain": {"epochs": -1}}, "pretrain.epochs=-1 is not allowed: must be > 0"),
         (PRETRAIN, {"pretrain": {"batch_size": 512}}, "pretrain.memory.size=256 is not allowed"),
@@ -59,7 +60,7 @@ PRETRAIN = ["pretrain", "--method", "moco", "--imbalance", "10", "--seed", "0"]
             {"data": {"source": "imagefolder"}, "runtime": {"data_root": "/nonexistent/cifar"}},
             "runtime.data_root='/nonexistent/cifar' has no train/ folder",
         ),
-        (PRETRAIN, None, "outputs/prepare/imb10/manifest.json is missing; run `dvc repro prepare@10` first"),
+        (PRETRAIN, None, "outputs/prepare/imb10-d0/manifest.json is missing; run `dvc repro prepare@10-0` first"),
     ],
 )
 def test_bad_input_fails_in_one_line_before_any_output(project, monkeypatch, capsys, argv, edit, message):
@@ -114,18 +115,18 @@ def test_killed_pretrain_leaves_nothing_and_resumes_into_the_same_run(project, m
     code, err = run_stage(PRETRAIN, monkeypatch, capsys)
     assert code == 130 and "--resume" in err
     assert not (project / "outputs/pretrain").exists()
-    assert (project / "checkpoints/moco-imb10-s0/last.pt").exists()
+    assert (project / "checkpoints/moco-imb10-lt-d0-s0/last.pt").exists()
 
     monkeypatch.setattr(stage, "train", train)
     assert run_stage([*PRETRAIN, "--resume"], monkeypatch, capsys)[0] == 0
-    assert {p.name for p in (project / "outputs/pretrain/moco-imb10-s0").iterdir()} == {
+    assert {p.name for p in (project / "outputs/pretrain/moco-imb10-lt-d0-s0").iterdir()} == {
         "model.pt",
         "memory.pt",
         "metrics.json",
         "train_log.csv",
         "memory_diagnostics.json",
     }
-    assert not (project / "checkpoints/moco-imb10-s0").exists()
+    assert not (project / "checkpoints/moco-imb10-lt-d0-s0").exists()
 
     client = mlflow.MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("duel-digits").experiment_id], "tags.stage = 'pretrain'")

@@ -27,6 +27,10 @@ def test_empty_params_give_the_documented_defaults():
         ({"runtime": {"precision": "fp16"}}, "runtime.precision='fp16' is not allowed: fp32 or bf16"),
         ({"data": {"source": "cifar10"}}, "runtime.data_root=None is not allowed: source cifar10 needs a folder"),
         ({"pretrain": {"method_kwargs": {"byol": {}}}}, "pretrain.method_kwargs='byol' is not allowed: known methods"),
+        ({"sweep": {"train_sets": ["test"]}}, "sweep.train_sets='test' is not allowed: lt (the LT subset) or balanced"),
+        ({"sweep": {"draws": [0, -1]}}, "sweep.draws=-1 is not allowed: LT draws are numbered from 0"),
+        ({"sweep": {"draws": [1, 1]}}, "sweep.draws=[1, 1] is not allowed: distinct values"),
+        ({"sweep": {"train_sets": []}}, "every axis needs a value"),
     ],
 )
 def test_bad_params_name_key_value_and_what_is_allowed(values, message):

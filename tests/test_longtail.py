@@ -47,6 +47,26 @@ def test_manifest_is_deterministic_and_disjoint(tiny_source):
     check_manifest(a, tiny_source)  # same data: no error
 
 
+def test_draws_resample_the_lt_set_and_keep_validation_and_pool(tiny_source):
+    data, prep = DataConfig(val_fraction=0.25), PrepareConfig(n_max=20, head_order="shuffled", seed=3)
+    draws = [build_manifest(tiny_source, data, prep, 4.0, draw) for draw in range(4)]
+    assert draws[0] == build_manifest(tiny_source, data, prep, 4.0)  # draw 0 is the study's usual draw
+    for m in draws[1:]:
+        assert m["val_indices"] == draws[0]["val_indices"] and m["balanced_indices"] == draws[0]["balanced_indices"]
+        assert sorted(m["class_counts"], reverse=True) == [20, 10, 5] and m["draw"] > 0
+    assert len({tuple(m["train_indices"]) for m in draws}) == 4
+    assert len({tuple(m["class_order"]) for m in draws}) > 1  # shuffled: each draw its own head class
+
+
+def test_matched_set_is_balanced_the_lt_size_and_from_the_pool(tiny_source):
+    for draw in (0, 1):
+        m = build_manifest(tiny_source, DataConfig(val_fraction=0.25), PrepareConfig(n_max=20), 4.0, draw)
+        counts = np.bincount(tiny_source.train.labels[m["matched_indices"]], minlength=3).tolist()
+        assert counts == [12, 12, 11] and sum(counts) == m["num_train"] == 35
+        assert set(m["matched_indices"]) <= set(m["balanced_indices"])
+        assert len(set(m["matched_indices"])) == 35
+
+
 def test_shuffled_head_order_permutes_the_counts(tiny_source):
     data = DataConfig(val_fraction=0.25)
     m = build_manifest(tiny_source, data, PrepareConfig(n_max=20, head_order="shuffled", seed=1), 4.0)
@@ -77,6 +97,9 @@ def test_file_profile_imports_an_npy_split_per_setting(tiny_source, tmp_path):
     assert len(m["val_indices"]) == 30 and set(m["balanced_indices"]) >= set(lt.tolist())
     with pytest.raises(DataError, match=r"r10_D_i\.npy"):
         build_manifest(tiny_source, DataConfig(), cfg, 10)
+    np.save(tmp_path / "split2_D_i.npy", lt[[0, 1, 6, 8]])
+    by_draw = PrepareConfig(profile="file", index_file=str(tmp_path / "split{draw}_D_i.npy"))
+    assert build_manifest(tiny_source, DataConfig(val_fraction=0.25), by_draw, 100, 2)["class_counts"] == [2, 1, 1]
     np.save(tmp_path / "r1_D_i.npy", np.array([0, 0, 500]))
     with pytest.raises(DataError, match=r"distinct indices in \[0, 120\)"):
         build_manifest(tiny_source, DataConfig(), cfg, 1)

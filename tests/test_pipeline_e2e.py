@@ -44,10 +44,10 @@ def study(tmp_path_factory):
 def test_repro_builds_the_paper_tables(study):
     root, _, output = study
     assert ran_stages(output) == {
-        "prepare@1",
-        "prepare@10",
+        "prepare@1-0",
+        "prepare@10-0",
         "report",
-        *(f"{s}@{m}-{r}-0" for s in ("pretrain", "probe") for m in ("moco", "dmoco") for r in (1, 10)),
+        *(f"{s}@{m}-{r}-lt-0-0" for s in ("pretrain", "probe") for m in ("moco", "dmoco") for r in (1, 10)),
     }
     table = pd.read_csv(root / "reports/linear_top1.csv", index_col="method")
     assert list(table.index) == ["moco", "dmoco"] and list(table.columns) == ["1", "10"]
@@ -75,12 +75,12 @@ def test_every_stage_instance_is_one_mlflow_run_with_its_metrics(study):
     assert all(len(r.data.tags["params_hash"]) == 12 for r in runs)
     assert all(r.info.artifact_uri.startswith((root / "mlartifacts").as_uri()) for r in runs)
 
-    probe = by_name["probe@dmoco-10-0"]
-    written = json.loads((root / "outputs/probe/dmoco-imb10-s0/metrics.json").read_text())
+    probe = by_name["probe@dmoco-10-lt-0-0"]
+    written = json.loads((root / "outputs/probe/dmoco-imb10-lt-d0-s0/metrics.json").read_text())
     assert probe.data.metrics == pytest.approx(written)  # the DVC metrics file is the MLflow dict
     assert probe.data.params["method"] == "dmoco" and probe.data.params["probe.knn_k"] == "20"
 
-    pretrain = by_name["pretrain@dmoco-10-0"]
+    pretrain = by_name["pretrain@dmoco-10-lt-0-0"]
     steps = int(pretrain.data.metrics["steps"])
     for key in ("loss", "lr", "memory_entropy", "images_per_s"):
         history = client.get_metric_history(pretrain.info.run_id, f"train/{key}")
@@ -98,7 +98,7 @@ def test_dvc_metrics_and_plots_are_declared(study):
     root, env, _ = study
     metrics = json.loads(dvc(root, env, "metrics", "show", "--json"))
     files = next(iter(metrics.values()))["data"]
-    assert "reports/summary.json" in files and "outputs/probe/moco-imb1-s0/metrics.json" in files
+    assert "reports/summary.json" in files and "outputs/probe/moco-imb1-lt-d0-s0/metrics.json" in files
     dvc(root, env, "plots", "show", "--out", "dvc_plots")
     html = (root / "dvc_plots/index.html").read_text()
     assert "memory_entropy" in html and "tsne_memory" in html
@@ -114,11 +114,11 @@ def test_second_repro_does_nothing_and_a_new_setting_reruns_only_its_stages(stud
     (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     changed = dvc(root, env, "repro")
     assert ran_stages(changed) == {
-        "prepare@5",
-        "pretrain@moco-5-0",
-        "pretrain@dmoco-5-0",
-        "probe@moco-5-0",
-        "probe@dmoco-5-0",
+        "prepare@5-0",
+        "pretrain@moco-5-lt-0-0",
+        "pretrain@dmoco-5-lt-0-0",
+        "probe@moco-5-lt-0-0",
+        "probe@dmoco-5-lt-0-0",
         "report",
     }
     assert list(pd.read_csv(root / "reports/knn_top1.csv", index_col="method").columns) == ["1", "5"]

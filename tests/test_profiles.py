@@ -1,6 +1,7 @@
 """The versioned paper profiles: applied with one command, and each run end to end (`--smoke`) by `dvc repro`
 on tiny data written in its source's real on-disk format."""
 
+import itertools
 import json
 import math
 import sys
@@ -11,12 +12,21 @@ import yaml
 
 from duel.config import flatten
 from duel.errors import ConfigError
+from duel.methods import METHODS
 from duel.validation import parse_config
 from pipeline.profiles import smallest_n_max
 from tests.fake_data import write_cifar10, write_cifar100, write_image_folder, write_image_list_tree, write_stl10
 from tests.project_copy import ROOT, commit_all, copy_project, dvc, sh
 
-PAPER_PROFILES = ["cifar10_dominant", "cifar10_exp", "cifar100_lt", "stl10", "imagenet_lt", "cifar10_dominant_cpu"]
+PAPER_PROFILES = [
+    "cifar10_dominant",
+    "cifar10_exp",
+    "cifar10_balance",
+    "cifar100_lt",
+    "stl10",
+    "imagenet_lt",
+    "cifar10_dominant_cpu",
+]
 
 
 def use_profile(cwd, env, *args):
@@ -33,7 +43,8 @@ def test_every_profile_is_valid_complete_and_params_yaml_is_the_digits_profile()
         # DVC reads the params a stage depends on from the file itself, not from our defaults.
         present = set(values) | set(flatten(values))
         assert needed <= present, (path.name, sorted(needed - present))
-    assert {p.stem for p in (ROOT / "params").glob("*.yaml")} == {"digits", "digits_baselines", *PAPER_PROFILES}
+    embedded = {"digits", "digits_baselines", "digits_balance"}
+    assert {p.stem for p in (ROOT / "params").glob("*.yaml")} == embedded | set(PAPER_PROFILES)
     assert (ROOT / "params.yaml").read_text() == (ROOT / "params" / "digits.yaml").read_text()
 
 
@@ -120,15 +131,20 @@ def test_paper_profile_smoke_run_through_dvc_repro(tmp_path, profile):
     commit_all(root, env, f"{profile} smoke")
     dvc(root, env, "repro")
 
-    params = yaml.safe_load((root / "params.yaml").read_text())
-    setting = f"{params['sweep']['imbalance'][0]:g}"
-    for method in ("moco", "dmoco"):
-        pre = json.loads((root / f"outputs/pretrain/{method}-imb{setting}-s0/metrics.json").read_text())
-        probe = json.loads((root / f"outputs/probe/{method}-imb{setting}-s0/metrics.json").read_text())
-        assert 1 <= pre["steps"] <= 2 and 0 <= pre["memory_entropy"] <= 1
+    sweep = yaml.safe_load((root / "params.yaml").read_text())["sweep"]
+    setting = f"{sweep['imbalance'][0]:g}"
+    assert len(sweep["methods"]) == 2
+    for method, train_set in itertools.product(sweep["methods"], sweep["train_sets"]):
+        run = f"{method}-imb{setting}-{train_set}-d{sweep['draws'][0]}-s0"
+        pre = json.loads((root / f"outputs/pretrain/{run}/metrics.json").read_text())
+        probe = json.loads((root / f"outputs/probe/{run}/metrics.json").read_text())
+        assert 1 <= pre["steps"] <= 2
+        if METHODS[method].memory_policy is not None:
+            assert 0 <= pre["memory_entropy"] <= 1
         assert 0 <= probe["linear_top1"] <= 1 and "linear_top1_split_std" in probe  # two k-shot splits
     table = pd.read_csv(root / "reports/linear_top1.csv", index_col="method")
-    assert list(table.index) == ["moco", "dmoco"] and list(table.columns) == [setting]
+    rows = [m if t == "lt" else f"{m} ({t})" for m in sweep["methods"] for t in sweep["train_sets"]]
+    assert list(table.index) == rows and list(table.columns) == [setting]
 
 
 def test_digits_baselines_profile_runs_all_seven_methods_and_the_lt_heads(tmp_path):
@@ -144,8 +160,32 @@ def test_digits_baselines_profile_runs_all_seven_methods_and_the_lt_heads(tmp_pa
     assert list(heads.columns) == ["many", "medium", "few", "all"]
     assert len(heads) == len(methods) * 13 and (heads != "-").all().all()  # probe, six heads, six adjusted
     for method in methods:
-        probe = json.loads((tmp_path / f"outputs/probe/{method}-imb100-s0/metrics.json").read_text())
+        probe = json.loads((tmp_path / f"outputs/probe/{method}-imb100-lt-d0-s0/metrics.json").read_text())
         assert 0.1 < probe["head_logit_adjusted_top1"] <= 1 and probe["head_cb_hp"] in (0.9, 0.99, 0.999, 0.9999)
         assert probe["head_ce_posthoc_tau"] in (0.0, 0.5, 1.0, 1.5) and 0.1 < probe["head_ce_posthoc_top1"] <= 1
-    pre = json.loads((tmp_path / "outputs/pretrain/sdclr-imb100-s0/metrics.json").read_text())
+    pre = json.loads((tmp_path / "outputs/pretrain/sdclr-imb100-lt-d0-s0/metrics.json").read_text())
     assert pre["steps"] >= 2 and math.isfinite(pre["final_loss"])
+
+
+def test_digits_balance_profile_builds_the_balanced_vs_lt_table(tmp_path):
+    """The D_b vs D_i study through `dvc repro`, shortened to one method, two LT draws and 3 epochs."""
+    env = copy_project(tmp_path)
+    short = ["sweep.methods=[simclr]", "sweep.draws=[0, 1]", "pretrain.epochs=3"]
+    use_profile(tmp_path, env, "digits_balance", *(arg for s in short for arg in ("--set", s)))
+    commit_all(tmp_path, env, "balance")
+    dvc(tmp_path, env, "repro")
+
+    table = pd.read_csv(tmp_path / "reports/balanced_vs_lt.csv", index_col="method / pretraining set")
+    assert list(table.index) == ["simclr / D_b (balanced)", "simclr / D_i (long-tailed)"]
+    assert list(table.columns) == ["many", "medium", "few", "all"]
+    for train_set, row in zip(("balanced", "lt"), table.index, strict=True):
+        runs = [f"simclr-imb100-{train_set}-d{draw}-s0" for draw in (0, 1)]
+        probes = [json.loads((tmp_path / f"outputs/probe/{r}/metrics.json").read_text()) for r in runs]
+        for group, column in (("few", "few"), ("top1", "all")):
+            values = pd.Series([100 * p[f"linear_{group}"] for p in probes])
+            assert table.loc[row, column] == f"{values.mean():.1f} ± {values.std():.1f}"  # over the draws
+        steps = {json.loads((tmp_path / f"outputs/pretrain/{r}/metrics.json").read_text())["steps"] for r in runs}
+        assert steps == {9}  # 242 images (D_i, or D_b of the same size): 3 full batches of 64, 3 epochs
+    manifests = [json.loads((tmp_path / f"outputs/prepare/imb100-d{d}/manifest.json").read_text()) for d in (0, 1)]
+    assert manifests[0]["class_order"] != manifests[1]["class_order"]  # shuffled head class per draw
+    assert "Pretrained on a balanced set (D_b) or the LT set (D_i)" in (tmp_path / "reports/results.md").read_text()

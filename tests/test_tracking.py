@@ -1,6 +1,11 @@
+import re
 from pathlib import Path
 
+import yaml
+
 from pipeline import tracking
+from pipeline.common import RunKey, manifest_path, stage_name
+from tests.project_copy import ROOT
 
 
 def test_queued_experiments_log_to_the_store_of_the_checkout_that_queued_them(monkeypatch):
@@ -15,6 +20,16 @@ def test_environment_overrides_the_default_store(monkeypatch):
     assert tracking.tracking_uri() == "http://mlflow.internal:5000"
 
 
-def test_stage_names_match_dvc_matrix_names():
-    assert tracking.stage_name("pretrain", "dmoco", "10", 0) == "pretrain@dmoco-10-0"
-    assert tracking.stage_name("report") == "report"
+def test_run_names_match_the_dvc_matrix_and_its_output_paths():
+    """DVC names a matrix instance by its items in the matrix's key order; RunKey must agree with dvc.yaml."""
+    key = RunKey("dmoco", 10.0, "balanced", 2, 1)
+    assert key.stage("pretrain") == "pretrain@dmoco-10-balanced-2-1" and stage_name("report") == "report"
+    stages = yaml.safe_load((ROOT / "dvc.yaml").read_text())["stages"]
+    item = {"method": "dmoco", "imbalance": "10", "train_set": "balanced", "draw": 2, "seed": 1}
+    for stage, folder in (("pretrain", key.pretrain_dir), ("probe", key.probe_dir)):
+        assert list(stages[stage]["matrix"]) == list(item)
+        out = stages[stage]["outs"][0]  # model.pt, test_features.npz
+        assert re.sub(r"\$\{item\.(\w+)\}", lambda m: str(item[m.group(1)]), out).startswith(f"{folder}/")
+    assert stages["prepare"]["outs"][0].replace("${item.imbalance}", "10").replace("${item.draw}", "2") == str(
+        manifest_path(10.0, 2)
+    )

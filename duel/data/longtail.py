@@ -2,7 +2,9 @@
 
 A manifest stores indices into the source's training split (never image copies):
 the validation split, carved per class before the long-tailed draw, the balanced
-pool left after it, and the long-tailed subset drawn from that pool.
+pool left after it, the long-tailed subset drawn from that pool (D_i) and a
+class-balanced subset of the pool with the same total (D_b, what SDCLR's table
+pretrains on to show what the imbalance costs).
 """
 
 from __future__ import annotations
@@ -31,14 +33,13 @@ def class_counts(profile: str, n_max: int, num_classes: int, imbalance: float, m
     if profile == "balanced":
         return [n_max] * c_count
     if profile == "balanced_matched":  # balanced, same total as the reference LT set
-        total = sum(class_counts(match_profile, n_max, c_count, imbalance))
-        return [total // c_count + (1 if c < total % c_count else 0) for c in range(c_count)]
+        return matched_counts(sum(class_counts(match_profile, n_max, c_count, imbalance)), c_count)
     raise ValueError(f"unknown profile {profile!r}")
 
 
-def _load_indices(template: str, imbalance: float, n: int, key: str) -> np.ndarray:
-    """A .npy of indices into the training split; `{imbalance}` in the path names the setting."""
-    path = Path(template.replace("{imbalance}", f"{imbalance:g}")).expanduser()
+def _load_indices(template: str, imbalance: float, draw: int, n: int, key: str) -> np.ndarray:
+    """A .npy of indices into the training split; `{imbalance}` and `{draw}` in the path name the setting."""
+    path = Path(template.replace("{imbalance}", f"{imbalance:g}").replace("{draw}", str(draw))).expanduser()
     try:
         idx = np.load(path, allow_pickle=False).astype(np.int64).ravel()
     except (OSError, ValueError) as exc:
@@ -48,14 +49,23 @@ def _load_indices(template: str, imbalance: float, n: int, key: str) -> np.ndarr
     return np.sort(idx)
 
 
-def build_manifest(source: SourceData, data: DataConfig, cfg: PrepareConfig, imbalance: float) -> dict[str, Any]:
+def matched_counts(total: int, num_classes: int) -> list[int]:
+    """A balanced split of `total` images over the classes (the first `total % C` classes get one more)."""
+    return [total // num_classes + (1 if c < total % num_classes else 0) for c in range(num_classes)]
+
+
+def build_manifest(
+    source: SourceData, data: DataConfig, cfg: PrepareConfig, imbalance: float, draw: int = 0
+) -> dict[str, Any]:
     rng = np.random.default_rng(cfg.seed)
     labels = source.train.labels
     n = len(labels)
-    given = _load_indices(cfg.index_file, imbalance, n, "prepare.index_file") if cfg.profile == "file" else None
+    given = None
+    if cfg.profile == "file":
+        given = _load_indices(cfg.index_file, imbalance, draw, n, "prepare.index_file")
     fixed_val = source.val_indices
     if cfg.val_index_file is not None:
-        fixed_val = _load_indices(cfg.val_index_file, imbalance, n, "prepare.val_index_file")
+        fixed_val = _load_indices(cfg.val_index_file, imbalance, draw, n, "prepare.val_index_file")
     if fixed_val is not None and given is not None and np.intersect1d(fixed_val, given).size:
         raise DataError("the validation indices overlap prepare.index_file; use disjoint split files")
 
@@ -71,6 +81,12 @@ def build_manifest(source: SourceData, data: DataConfig, cfg: PrepareConfig, imb
         n_val = min(round(len(members) * data.val_fraction), len(idx))
         val.append(idx[:n_val])
         pool.append(idx[n_val:] if given is None else np.union1d(idx[n_val:], np.intersect1d(members, given)))
+
+    if draw:
+        # Draw 0 goes on with the generator of the validation carve; draw k > 0 reorders each class's
+        # pool with its own generator, so every draw keeps the same validation split and pool.
+        rng = np.random.default_rng([cfg.seed, draw])
+        pool = [rng.permutation(p) for p in pool]
 
     order = np.arange(source.num_classes)
     if cfg.profile in GIVEN_PROFILES:
@@ -100,6 +116,14 @@ def build_manifest(source: SourceData, data: DataConfig, cfg: PrepareConfig, imb
     if not all(len(v) for v in val):
         empty = source.classes[next(c for c, v in enumerate(val) if not len(v))]
         raise DataError(f"class {empty!r} has no validation image; raise data.val_fraction or fix the split file")
+    matched = []
+    for c, k in enumerate(matched_counts(sum(per_class), source.num_classes)):
+        if k > len(pool[c]):
+            raise DataError(
+                f"the balanced set of the LT set's size needs {k} images of class {source.classes[c]!r} but "
+                f"its pool holds {len(pool[c])}; lower prepare.n_max or the imbalance"
+            )
+        matched.append(np.sort(rng.choice(pool[c], k, replace=False)))
 
     return {
         "source": source.name,
@@ -111,9 +135,11 @@ def build_manifest(source: SourceData, data: DataConfig, cfg: PrepareConfig, imb
         "head_order": cfg.head_order,
         "class_order": [int(c) for c in order],
         "seed": cfg.seed,
+        "draw": draw,
         "class_counts": per_class,
         "num_train": int(sum(per_class)),
         "train_indices": np.concatenate(lt).tolist(),
+        "matched_indices": np.concatenate(matched).tolist(),
         "balanced_indices": np.sort(np.concatenate(pool)).tolist(),
         "val_indices": np.sort(np.concatenate(val)).tolist(),
     }
