@@ -1,7 +1,7 @@
 """Frozen-feature replay: how close to uniform over classes can each policy keep the memory when the
 encoder is held still?
 
-    python benchmarks/memory_replay.py outputs/pretrain/moco-imb0.9-s0 [--taus 0.1 0.05 0.02] [--epochs 3]
+    python benchmarks/memory_replay.py outputs/pretrain/moco-imb0.9-lt-d0-s0 [--taus 0.1 0.05 0.02] [--epochs 3]
 
 Run in a study checkout after its pretrain stage. The run's encoder (model.pt) embeds its long-tailed
 training set once, without augmentation, in two spaces: the memory's key space (the method's projected
@@ -27,7 +27,7 @@ from duel.data.augment import normalizer, to_unit
 from duel.diagnostics import head_classes, replay_stream, tail_risk
 from duel.memory import ActiveMemory
 from duel.methods import DataInfo, build_method
-from pipeline.common import load_data, load_params
+from pipeline.common import TRAIN_SET_INDICES, load_data, load_params
 
 
 def entropy(counts: list[float]) -> float:
@@ -58,13 +58,13 @@ def main() -> None:
     saved = torch.load(args.run / "model.pt", map_location="cpu", weights_only=False)
     run = saved["config"]
     cfg = load_params(args.params)
-    source, manifest = load_data(cfg, run["imbalance"])
-    data = DataInfo(saved["in_channels"], manifest["num_train"], source.num_classes)
+    source, manifest = load_data(cfg, run["imbalance"], run["draw"])
+    idx = torch.as_tensor(manifest[TRAIN_SET_INDICES[run["train_set"]]])
+    data = DataInfo(saved["in_channels"], len(idx), source.num_classes)
     method = build_method(run["method"], cfg.pretrain, data)
     method.load_state_dict(saved["method_state_dict"], strict=False)  # no memory: it is in memory.pt
     method.eval()
     normalize = normalizer(saved["normalize"]["mean"], saved["normalize"]["std"])
-    idx = torch.as_tensor(manifest["train_indices"])
     labels = torch.as_tensor(source.train.labels)[idx]
     images = source.train.subset(idx.numpy()).images
     with torch.no_grad():
@@ -74,11 +74,12 @@ def main() -> None:
             "backbone space": F.normalize(torch.cat([method.backbone(v) for v in views]), dim=1),
         }
 
-    counts, size, batch = manifest["class_counts"], cfg.pretrain.memory.size, cfg.pretrain.batch_size
+    counts = torch.bincount(labels, minlength=source.num_classes).tolist()  # of the set the run trained on
+    size, batch = cfg.pretrain.memory.size, cfg.pretrain.batch_size
     print(json.dumps({"run": str(args.run), "K": size, "batch": batch, "epochs": args.epochs}))
     fits = "the whole set fits in K" if sum(counts) <= size else f"{most_uniform(counts, size):.3f}"
     print(f"stream entropy {entropy(counts):.3f}; most uniform memory of K distinct images: {fits}")
-    tail = ~head_classes(counts)
+    tail = ~head_classes(manifest["class_counts"])  # the LT set's tail, also for a run on its balanced match
     print("| space | tau_d | tail risk | fifo | random | duel |")
     print("|---|---|---|---|---|---|")
     for name, keys in spaces.items():

@@ -25,6 +25,9 @@ TrainSetOption = Annotated[str, typer.Option(help="pretrain on lt (D_i) or balan
 ParamsOption = Annotated[Path, typer.Option(help="the params file")]
 PARAMS = Path("params.yaml")
 
+# sweep.train_sets -> the manifest's indices that training set names
+TRAIN_SET_INDICES = {"lt": "train_indices", "balanced": "matched_indices"}
+
 OUTPUTS = Path("outputs")
 CHECKPOINTS = Path("checkpoints")
 REPORTS = Path("reports")
