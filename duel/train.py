@@ -113,6 +113,7 @@ def pretrain(
     class_counts: list[int] | None = None,
     on_epoch: EpochCallback | None = None,
     on_method_metrics: StepCallback | None = None,
+    before_checkpoint: Callable[[], None] | None = None,
 ) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
     """Train `method` in place on `runtime`'s device; return the per-step history (loss, lr, memory
     entropy, images/s) and the memory diagnostics (`duel.diagnostics`, one record per `cfg.diagnostics_every` epochs and
@@ -121,7 +122,9 @@ def pretrain(
     `config` is the resolved config saved in every checkpoint (machine settings are not part of it,
     so a run resumes on another device); `resume` continues from `checkpoint` when it exists and was
     written with the same config. `on_epoch` receives each memory diagnostics record,
-    `on_method_metrics` the method's `epoch_metrics` after every epoch.
+    `on_method_metrics` the method's `epoch_metrics` after every epoch; `before_checkpoint` runs before
+    each checkpoint is written (a logger flushes there, so a run killed afterwards loses no step that
+    its resumption will not recompute).
     """
     device = torch.device(runtime.device)
     method.to(device)
@@ -193,6 +196,8 @@ def pretrain(
             if on_epoch is not None:
                 on_epoch(record)
         if (epoch + 1) % cfg.checkpoint_every == 0 or last:
+            if before_checkpoint is not None:
+                before_checkpoint()
             save_torch(
                 checkpoint,
                 {

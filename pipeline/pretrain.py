@@ -20,6 +20,7 @@ from duel.train import pretrain as train
 from duel.utils import atomic_path, save_torch, seed_everything, write_json
 from pipeline.common import (
     PARAMS,
+    TRAIN_SET_INDICES,
     DrawOption,
     ImbalanceOption,
     MethodOption,
@@ -34,9 +35,6 @@ from pipeline.common import (
     load_params,
 )
 from pipeline.tracking import StageRun
-
-# sweep.train_sets -> the manifest's indices it pretrains on
-TRAIN_SET_INDICES = {"lt": "train_indices", "balanced": "matched_indices"}
 
 
 def pretraining_set(source: SourceData, train_indices: list[int]) -> IndexedImages:
@@ -100,6 +98,7 @@ def pretrain(
             class_counts=manifest["class_counts"],
             on_epoch=lambda record: run.log_step({"step": record["step"], **summary_metrics(record)}, "memory"),
             on_method_metrics=lambda record: run.log_step(record, "method"),
+            before_checkpoint=run.flush,
         )
         log = pd.DataFrame(history)
         metrics = {

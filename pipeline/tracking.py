@@ -3,7 +3,7 @@
 Tracking URI: `MLFLOW_TRACKING_URI` if set, else SQLite `mlflow.db` at the
 project root by absolute path (the root of the original checkout also when DVC
 runs a queued experiment in a temporary copy under `.dvc/tmp/exps`). Each stage
-instance is one run named after it (`pretrain@moco-10-0`, as DVC names it),
+instance is one run named after it (`pretrain@moco-10-lt-0-0`, as DVC names it),
 tagged with the stage, the hash of its resolved params and the DVC experiment
 name and baseline revision when DVC sets them.
 """
@@ -63,7 +63,10 @@ class StageRun:
     """One MLflow run for one stage instance; a context manager.
 
     With `resume=True` it reopens the newest unfinished run of the same name and
-    params hash (a run killed halfway), so a resumed stage keeps one run.
+    params hash (a run killed halfway), so a resumed stage keeps one run, and every step
+    metric reaches it exactly once: the trainer flushes the buffered steps before each
+    checkpoint (a SIGKILL loses none that the resumed run will not recompute), and on
+    reopening, steps the run already holds are not sent again.
     """
 
     def __init__(self, stage: str, name: str, config: dict[str, Any], experiment: str, resume: bool = False) -> None:
@@ -71,6 +74,7 @@ class StageRun:
         self.resume = resume
         self.params_hash = config_hash(config)
         self._steps: list[Any] = []
+        self._logged: dict[str, int] = {}  # metric key -> last step the reopened run already holds
 
     def __enter__(self) -> StageRun:
         import mlflow
@@ -96,6 +100,9 @@ class StageRun:
         if run_id is None:
             mlflow.log_params({k: str(v) for k, v in flatten(self.config).items()})
             mlflow.log_dict(self.config, "config.json")
+        else:
+            for key in self.client.get_run(run_id).data.metrics:
+                self._logged[key] = max(m.step for m in self.client.get_metric_history(run_id, key))
         return self
 
     def _unfinished_run(self, experiment_id: str) -> str | None:
@@ -114,11 +121,15 @@ class StageRun:
 
         now = int(time.time() * 1000)
         step = int(record["step"])
-        self._steps += [Metric(f"{prefix}/{k}", float(v), now, step) for k, v in record.items() if k != "step"]
+        for key, value in record.items():
+            name = f"{prefix}/{key}"
+            if key != "step" and step > self._logged.get(name, -1):
+                self._steps.append(Metric(name, float(value), now, step))
         if len(self._steps) >= STEP_FLUSH:
-            self._flush()
+            self.flush()
 
-    def _flush(self) -> None:
+    def flush(self) -> None:
+        """Send the buffered step metrics (the trainer calls it before writing each checkpoint)."""
         for start in range(0, len(self._steps), 1000):  # MLflow's batch limit
             self.client.log_batch(self.run.info.run_id, metrics=self._steps[start : start + 1000])
         self._steps = []
@@ -147,6 +158,6 @@ class StageRun:
         import mlflow
 
         if self._steps:
-            self._flush()
+            self.flush()
         status = "FINISHED" if kind is None else "KILLED" if issubclass(kind, StageKilled) else "FAILED"
         mlflow.end_run(status)

@@ -1,6 +1,7 @@
 """Stage commands on bad input: one line naming the problem, a non-zero exit, nothing written."""
 
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -136,3 +137,40 @@ def test_killed_pretrain_leaves_nothing_and_resumes_into_the_same_run(project, m
     # Memory diagnostics: one point per epoch, the last at the last step, across the kill and the resume.
     ages = client.get_metric_history(runs[0].info.run_id, "memory/memory_age")
     assert max(m.step for m in ages) == 11 and len({m.step for m in ages}) == len(ages) > 1
+
+
+# A stage process that SIGKILLs itself at one training step (no handler, no flush, no cleanup runs).
+KILLED_AT_STEP = """
+import os, signal, sys
+from pipeline import cli, tracking, pretrain as stage
+tracking.STEP_FLUSH = int(os.environ["STEP_FLUSH"])
+train = stage.train
+def killed(*args, on_step, **kwargs):
+    def step(record):
+        on_step(record)
+        if record["step"] == 9:  # 4 steps per epoch: two steps after the epoch-2 checkpoint
+            os.kill(os.getpid(), signal.SIGKILL)
+    return train(*args, on_step=step, **kwargs)
+stage.train = killed
+sys.argv = ["pipeline", *sys.argv[1:]]
+cli.main()
+"""
+
+
+@pytest.mark.parametrize("flush_every", [200, 1])  # steps buffered at the kill / already sent past the checkpoint
+def test_sigkilled_pretrain_resumes_with_every_step_metric_exactly_once(project, flush_every):
+    set_params(project, "prepare", n_max=20)
+    set_params(project, "pretrain", epochs=3, batch_size=16, checkpoint_every=1, memory={"size": 32})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "STEP_FLUSH": str(flush_every)}
+    subprocess.run([sys.executable, "-m", "pipeline", "prepare", "--imbalance", "10"], env=env, check=True)
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_STEP, *PRETRAIN], env=env, capture_output=True)
+    assert killed.returncode == -signal.SIGKILL
+    assert not (project / "outputs/pretrain").exists()
+    subprocess.run([sys.executable, "-m", "pipeline", *PRETRAIN, "--resume"], env=env, check=True)
+
+    client = mlflow.MlflowClient()
+    runs = client.search_runs([client.get_experiment_by_name("duel-digits").experiment_id], "tags.stage = 'pretrain'")
+    assert [r.info.status for r in runs] == ["FINISHED"]
+    for key, steps in (("train/loss", list(range(12))), ("memory/memory_age", [3, 7, 11])):
+        logged = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, key))
+        assert logged == steps, key  # none lost, none twice
