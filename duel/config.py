@@ -136,6 +136,9 @@ class RuntimeConfig:
 
     data_root: str | None = None  # dataset folder for sources that live on disk
     download: bool = False  # torchvision sources: fetch into data_root when missing (needs internet)
+    # torchvision sources: check each file's md5 against the official archive; false accepts a copy you
+    # built yourself (the manifest's source fingerprint still ties every result to the exact images)
+    verify_checksums: bool = True
     device: str = "cpu"  # training and feature extraction
     num_workers: int = 0  # DataLoader workers decoding lazy image folders
     precision: str = "fp32"  # fp32 | bf16 (autocast; the memory and its scores stay fp32)

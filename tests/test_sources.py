@@ -1,5 +1,3 @@
-import os
-
 import numpy as np
 import pytest
 import torch
@@ -39,7 +37,8 @@ def test_imagefolder_reads_train_and_test_trees(tmp_path):
 def test_imagefolder_without_test_tree_carves_a_stratified_test_split(tmp_path):
     write_tree(tmp_path, "train", 8)
     src = load_source(
-        DataConfig(source="imagefolder", test_fraction=0.25, image_size=8), RuntimeConfig(data_root=str(tmp_path))
+        DataConfig(source="imagefolder", test_fraction=0.25, image_size=8),
+        RuntimeConfig(data_root=str(tmp_path)),
     )
     assert src.train.images.shape == (12, 3, 8, 8)
     assert np.bincount(src.test.labels).tolist() == [2, 2]
@@ -67,45 +66,39 @@ def test_digits_is_embedded_and_split_deterministically():
     assert np.bincount(a.test.labels).min() >= 43  # stratified
 
 
-@pytest.fixture
-def accept_fake_checksums(monkeypatch):
-    """torchvision checks each file's md5 against the official archives; these tiny files only have the format."""
-    import torchvision.datasets.cifar
-    import torchvision.datasets.stl10
-
-    for module in (torchvision.datasets.cifar, torchvision.datasets.stl10):
-        monkeypatch.setattr(module, "check_integrity", lambda path, md5=None: os.path.isfile(path))
+# torchvision checks each file's md5 against the official archives; the tiny files here only have the format.
+OWN_COPY = {"verify_checksums": False}
 
 
-def test_cifar10_reads_pickled_batches(tmp_path, accept_fake_checksums):
+def test_cifar10_reads_pickled_batches(tmp_path):
     x, labels = write_cifar10(tmp_path, per_class=4)
-    src = load_source(DataConfig(source="cifar10"), RuntimeConfig(data_root=str(tmp_path)))
+    src = load_source(DataConfig(source="cifar10"), RuntimeConfig(data_root=str(tmp_path), **OWN_COPY))
     assert src.classes == [f"class{c}" for c in range(10)]
     assert src.train.images.shape == (40, 3, 32, 32) and len(src.test) == 30
     assert src.train.labels.tolist() == labels.tolist()
     assert torch.equal(src.train.images, torch.from_numpy(x).permute(0, 3, 1, 2))
-    small = load_source(DataConfig(source="cifar10", image_size=16), RuntimeConfig(data_root=str(tmp_path)))
+    small = load_source(DataConfig(source="cifar10", image_size=16), RuntimeConfig(data_root=str(tmp_path), **OWN_COPY))
     assert small.train.images.shape == (40, 3, 16, 16)
 
 
-def test_cifar100_reads_fine_labels(tmp_path, accept_fake_checksums):
+def test_cifar100_reads_fine_labels(tmp_path):
     write_cifar100(tmp_path, per_class=2)
-    src = load_source(DataConfig(source="cifar100"), RuntimeConfig(data_root=str(tmp_path)))
+    src = load_source(DataConfig(source="cifar100"), RuntimeConfig(data_root=str(tmp_path), **OWN_COPY))
     assert src.num_classes == 100 and src.classes[7] == "fine7"
     assert np.bincount(src.train.labels).tolist() == [2] * 100 and len(src.test) == 200
 
 
-def test_stl10_reads_binaries_and_optional_unlabeled_split(tmp_path, accept_fake_checksums):
+def test_stl10_reads_binaries_and_optional_unlabeled_split(tmp_path):
     x = write_stl10(tmp_path, per_class=2, unlabeled=7, size=96)
-    src = load_source(DataConfig(source="stl10"), RuntimeConfig(data_root=str(tmp_path)))
+    src = load_source(DataConfig(source="stl10"), RuntimeConfig(data_root=str(tmp_path), **OWN_COPY))
     assert src.classes[3] == "name3" and src.unlabeled is None
     assert torch.equal(src.train.images, torch.from_numpy(x).permute(0, 3, 1, 2))  # rows and columns not swapped
     assert src.train.labels.tolist() == np.tile(np.arange(10), 2).tolist()
     with_extra = load_source(
-        DataConfig(source="stl10", unlabeled=True, image_size=32), RuntimeConfig(data_root=str(tmp_path))
+        DataConfig(source="stl10", unlabeled=True, image_size=32), RuntimeConfig(data_root=str(tmp_path), **OWN_COPY)
     )
     assert with_extra.unlabeled.images.shape == (7, 3, 32, 32) and set(with_extra.unlabeled.labels) == {-1}
-    without = load_source(DataConfig(source="stl10", image_size=32), RuntimeConfig(data_root=str(tmp_path)))
+    without = load_source(DataConfig(source="stl10", image_size=32), RuntimeConfig(data_root=str(tmp_path), **OWN_COPY))
     assert with_extra.fingerprint() == without.fingerprint()
 
     dataset = pretraining_set(with_extra, [0, 5, 19])  # the LT subset, then every unlabeled image
@@ -115,9 +108,24 @@ def test_stl10_reads_binaries_and_optional_unlabeled_split(tmp_path, accept_fake
 
 
 @pytest.mark.parametrize("source", ["cifar10", "cifar100", "stl10"])
-def test_missing_torchvision_dataset_names_the_download_flag(tmp_path, source):
-    with pytest.raises(DataError, match=r"not found or corrupt under .*set runtime\.download: true"):
-        load_source(DataConfig(source=source), RuntimeConfig(data_root=str(tmp_path)))
+@pytest.mark.parametrize("verify", [True, False])
+def test_missing_torchvision_dataset_names_the_file_and_both_ways_on(tmp_path, source, verify):
+    first = {"cifar10": "cifar-10-batches-py/data_batch_1", "cifar100": "cifar-100-python/train"}
+    with pytest.raises(DataError) as info:
+        load_source(DataConfig(source=source), RuntimeConfig(data_root=str(tmp_path), verify_checksums=verify))
+    message = str(info.value)
+    assert f"{first.get(source, 'stl10_binary/train_X.bin')} is missing; set runtime.download: true" in message
+    assert "runtime.verify_checksums: false for a copy you built yourself" in message and "\n" not in message
+
+
+def test_torchvision_copy_failing_its_checksum_names_the_file(tmp_path):
+    write_cifar10(tmp_path, per_class=4)
+    runtime = RuntimeConfig(data_root=str(tmp_path))
+    with pytest.raises(DataError, match=r"cifar-10-batches-py/data_batch_1 fails its md5 check; set runtime\.download"):
+        load_source(DataConfig(source="cifar10"), runtime)
+    (tmp_path / "cifar-10-batches-py/test_batch").write_bytes(b"not a pickle")  # present, but damaged
+    with pytest.raises(DataError, match=r"CIFAR10 under .*: .*; set runtime\.download: true"):
+        load_source(DataConfig(source="cifar10"), RuntimeConfig(data_root=str(tmp_path), **OWN_COPY))
 
 
 @pytest.mark.parametrize("lazy", [False, True])
@@ -167,7 +175,10 @@ def test_list_file_errors_are_one_line(tmp_path):
     with pytest.raises(DataError, match=r"bad\.txt:1 is not a `relative/path label` line"):
         load_source(DataConfig(source="imagefolder", train_list="bad.txt"), RuntimeConfig(data_root=str(tmp_path)))
     with pytest.raises(DataError, match=r"list file .*missing\.txt does not exist"):
-        load_source(DataConfig(source="imagefolder", train_list="missing.txt"), RuntimeConfig(data_root=str(tmp_path)))
+        load_source(
+            DataConfig(source="imagefolder", train_list="missing.txt"),
+            RuntimeConfig(data_root=str(tmp_path)),
+        )
     (tmp_path / "gone.txt").write_text("train/n00000000/nothing.JPEG 0\n")
     with pytest.raises(DataError, match=r"nothing\.JPEG \(listed in gone\.txt\) does not exist"):
         load_source(

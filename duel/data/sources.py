@@ -9,9 +9,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import pickle
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -184,15 +186,40 @@ def load_digits(cfg: DataConfig, runtime: RuntimeConfig) -> SourceData:
 
 
 # --------------------------------------------------------------- torchvision
+CHECKED_LISTS = ("train_list", "test_list")  # torchvision's [file name, md5] records of a dataset class
+
+
 def _torchvision(cls: type, runtime: RuntimeConfig, folder: str, **kwargs) -> object:
     root = _root(runtime, f"{folder} (or where runtime.download: true should put it)")
+    if not runtime.verify_checksums:  # torchvision checks presence alone where a file's md5 is None
+        unchecked: dict[str, Any] = {key: [[name, None] for name, _ in getattr(cls, key)] for key in CHECKED_LISTS}
+        if hasattr(cls, "meta"):
+            unchecked["meta"] = {**cls.meta, "md5": None}
+        cls = type(cls.__name__, (cls,), unchecked)
     try:
         return cls(str(root), download=runtime.download, **kwargs)
-    except RuntimeError as exc:
+    except (RuntimeError, OSError, ValueError, pickle.UnpicklingError) as exc:
+        problem = _first_bad_file(cls, root) or str(exc).splitlines()[0]
         raise DataError(
-            f"{cls.__name__} not found or corrupt under {root} ({exc}); set runtime.download: true (needs internet) "
-            f"or point runtime.data_root at the folder holding {folder}"
+            f"{cls.__name__} under {root}: {problem}; set runtime.download: true (needs internet) for the official "
+            f"files in {folder}, or runtime.verify_checksums: false for a copy you built yourself"
         ) from exc
+
+
+def _first_bad_file(cls: type, root: Path) -> str | None:
+    """The first of a torchvision dataset's files that is missing or fails its md5 (None: not checked)."""
+    from torchvision.datasets.utils import check_integrity
+
+    records = [record for key in CHECKED_LISTS for record in getattr(cls, key)]
+    if hasattr(cls, "meta"):
+        records.append([cls.meta["filename"], cls.meta["md5"]])
+    for name, md5 in records:
+        path = root / cls.base_folder / name
+        if not path.is_file():
+            return f"{path} is missing"
+        if not check_integrity(str(path), md5):
+            return f"{path} fails its md5 check"
+    return None
 
 
 def _cifar(cls_name: str, folder: str) -> Loader:
