@@ -9,6 +9,7 @@ uninterrupted one on CPU.
 from __future__ import annotations
 
 import math
+import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -85,8 +86,24 @@ def _data_on_device(dataset: IndexedImages, runtime: RuntimeConfig, device: torc
     return dataset.images.shape[-1] <= 96
 
 
-def _load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any]:
-    state = torch.load(path, map_location="cpu", weights_only=False)
+CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "order", "rng", "epoch", "history", "diagnostics", "config"}
+
+
+def _load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
+    """The checkpoint to resume from; None when it is damaged: it is then set aside (`*.damaged`, with a
+    warning) and the run starts over, which loses nothing the damaged file still held."""
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=False)
+        if not isinstance(state, dict) or not set(state) >= CHECKPOINT_KEYS:
+            raise ValueError("not a pretraining checkpoint")
+    except Exception as exc:  # truncated, not a zip or pickle, a foreign object: whatever torch raises
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        aside = path.with_name(f"{path.name}.damaged")
+        path.replace(aside)
+        print(
+            f"warning: checkpoint {path} is damaged ({reason}); moved to {aside}, training starts over", file=sys.stderr
+        )
+        return None
     if state["config"] != config:
         saved, now = flatten(state["config"]), flatten(config)
         key = next(k for k in sorted(set(saved) | set(now)) if saved.get(k) != now.get(k))
@@ -147,8 +164,7 @@ def pretrain(
     order = torch.Generator().manual_seed(seed)  # the data order, saved in checkpoints
 
     start_epoch, history, diagnostics = 0, [], []
-    if resume and checkpoint.exists():
-        state = _load_checkpoint(checkpoint, config)
+    if resume and checkpoint.exists() and (state := _load_checkpoint(checkpoint, config)) is not None:
         method.load_state_dict(state["model"])  # weights, memory and per-sample state
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])

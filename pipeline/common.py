@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import json
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated, Any, TypeVar
 
 import typer
 import yaml
@@ -24,6 +25,8 @@ DrawOption = Annotated[int, typer.Option(help="the random draw of the LT subset 
 TrainSetOption = Annotated[str, typer.Option(help="pretrain on lt (D_i) or balanced (D_b, same size)")]
 ParamsOption = Annotated[Path, typer.Option(help="the params file")]
 PARAMS = Path("params.yaml")
+
+T = TypeVar("T")
 
 # sweep.train_sets -> the manifest's indices that training set names
 TRAIN_SET_INDICES = {"lt": "train_indices", "balanced": "matched_indices"}
@@ -115,13 +118,20 @@ class RunKey:
         }
 
 
-def read_json(path: Path, produced_by: str) -> Any:
+def read_output(path: Path, produced_by: str, load: Callable[[Path], T]) -> T:
+    """An output of an earlier stage, read by `load`; a missing or damaged file stops the stage in one
+    line naming the file and the stage that rebuilds it."""
     if not path.exists():
         raise DuelError(f"{path} is missing; run `dvc repro {produced_by}` first")
     try:
-        return json.loads(path.read_text())
-    except json.JSONDecodeError as exc:
-        raise DuelError(f"{path} is corrupt ({exc}); delete it and run `dvc repro {produced_by}`") from exc
+        return load(path)
+    except Exception as exc:  # truncated, foreign or half-copied: whatever the reader raises, it is damage
+        reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
+        raise DuelError(f"{path} is damaged ({reason}); delete it and run `dvc repro {produced_by}`") from exc
+
+
+def read_json(path: Path, produced_by: str) -> Any:
+    return read_output(path, produced_by, lambda p: json.loads(p.read_text()))
 
 
 def load_data(cfg: StudyConfig, imbalance: float, draw: int) -> tuple[SourceData, dict[str, Any]]:

@@ -11,7 +11,6 @@ from duel.backbones import build_backbone
 from duel.config import to_dict
 from duel.data.augment import normalizer
 from duel.data.datasets import IndexedImages
-from duel.errors import DuelError
 from duel.eval.features import extract_features
 from duel.eval.protocol import Features, evaluate, evaluate_heads, probe_train_sets
 from duel.utils import atomic_path, write_json
@@ -29,21 +28,21 @@ from pipeline.common import (
     check_train_set,
     load_data,
     load_params,
+    read_output,
 )
 from pipeline.tracking import StageRun
 
 
-def load_encoder(path: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
+def load_encoder(key: RunKey) -> tuple[torch.nn.Module, torch.nn.Module]:
     """The frozen backbone of a pretrain run and its input normalisation."""
-    if not path.exists():
-        raise DuelError(f"{path} is missing; run the matching pretrain stage first")
-    try:
+
+    def load(path: Path) -> tuple[torch.nn.Module, torch.nn.Module]:
         saved = torch.load(path, map_location="cpu", weights_only=False)
         encoder, _ = build_backbone(saved["backbone"], saved["in_channels"])
         encoder.load_state_dict(saved["state_dict"])
-    except (RuntimeError, KeyError, EOFError) as exc:
-        raise DuelError(f"{path} is corrupt ({str(exc).splitlines()[0]}); rerun its pretrain stage") from exc
-    return encoder, normalizer(saved["normalize"]["mean"], saved["normalize"]["std"])
+        return encoder, normalizer(saved["normalize"]["mean"], saved["normalize"]["std"])
+
+    return read_output(key.pretrain_dir / "model.pt", key.stage("pretrain"), load)
 
 
 def probe(
@@ -64,7 +63,7 @@ def probe(
     key = RunKey(method, imbalance, train_set, draw, seed)
     pc = cfg.probe
     source, manifest = load_data(cfg, imbalance, draw)
-    encoder, normalize = load_encoder(key.pretrain_dir / "model.pt")
+    encoder, normalize = load_encoder(key)
 
     train_sets = probe_train_sets(manifest, source.train.labels, source.classes, pc)
     lt_set = np.asarray(manifest["train_indices"]) if pc.heads else np.empty(0, dtype=np.int64)

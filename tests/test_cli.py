@@ -174,3 +174,32 @@ def test_sigkilled_pretrain_resumes_with_every_step_metric_exactly_once(project,
     for key, steps in (("train/loss", list(range(12))), ("memory/memory_age", [3, 7, 11])):
         logged = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, key))
         assert logged == steps, key  # none lost, none twice
+
+
+def test_a_damaged_output_stops_the_stage_reading_it_in_one_line(project, monkeypatch, capsys):
+    set_params(project, "sweep", methods=["moco"], imbalance=[10])
+    set_params(project, "prepare", n_max=20)
+    set_params(project, "pretrain", epochs=1, batch_size=16, memory={"size": 32})
+    set_params(project, "probe", heads=[], knn_k=5)
+    probe = ["probe", "--method", "moco", "--imbalance", "10"]
+    for argv in (["prepare", "--imbalance", "10"], PRETRAIN, probe, ["report"]):
+        assert run_stage(argv, monkeypatch, capsys)[0] == 0
+    pretrain, probed = "outputs/pretrain/moco-imb10-lt-d0-s0", "outputs/probe/moco-imb10-lt-d0-s0"
+    for name, argv, rebuilt_by in [
+        ("outputs/prepare/imb10-d0/manifest.json", probe, "prepare@10-0"),
+        (f"{pretrain}/model.pt", probe, "pretrain@moco-10-lt-0-0"),
+        (f"{pretrain}/memory.pt", ["report"], "pretrain@moco-10-lt-0-0"),
+        (f"{pretrain}/metrics.json", ["report"], "pretrain@moco-10-lt-0-0"),
+        (f"{pretrain}/train_log.csv", ["report"], "pretrain@moco-10-lt-0-0"),
+        (f"{pretrain}/memory_diagnostics.json", ["report"], "pretrain@moco-10-lt-0-0"),
+        (f"{probed}/metrics.json", ["report"], "probe@moco-10-lt-0-0"),
+        (f"{probed}/test_features.npz", ["report"], "probe@moco-10-lt-0-0"),
+    ]:
+        path = project / name
+        good = path.read_bytes()
+        path.write_bytes(good[: len(good) // 3] if name.endswith((".pt", ".npz", ".json")) else b"\x00garbage\n")
+        code, err = run_stage(argv, monkeypatch, capsys)
+        assert code == 2 and err.count("\n") == 1, (name, err)
+        assert f"error: {name} is damaged (" in err and f"delete it and run `dvc repro {rebuilt_by}`" in err, err
+        path.write_bytes(good)
+    assert run_stage(["report"], monkeypatch, capsys)[0] == 0

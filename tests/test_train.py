@@ -86,6 +86,27 @@ def test_resume_refuses_a_checkpoint_of_another_config(tiny_source, tiny_config,
         run(tiny_source, other, tmp_path / "ck.pt", resume=True)
 
 
+@pytest.mark.parametrize(
+    "damage",
+    [
+        lambda path: path.write_bytes(path.read_bytes()[: path.stat().st_size // 2]),  # truncated by a crash
+        lambda path: path.write_text("not a checkpoint"),
+        lambda path: torch.save({"model": {}}, path),  # a torch file, but not a pretraining checkpoint
+    ],
+)
+def test_a_damaged_checkpoint_is_set_aside_and_the_run_starts_over(tiny_source, tiny_config, tmp_path, capsys, damage):
+    _, full_history = run(tiny_source, tiny_config, tmp_path / "full.pt")
+    with pytest.raises(Interrupt):
+        run(tiny_source, tiny_config, tmp_path / "cut.pt", stop_at_step=10)
+    damage(tmp_path / "cut.pt")
+    _, history = run(tiny_source, tiny_config, tmp_path / "cut.pt", resume=True)
+    assert [r["loss"] for r in history] == [r["loss"] for r in full_history]  # started over, same result
+    assert (tmp_path / "cut.pt.damaged").exists() and torch.load(tmp_path / "cut.pt", weights_only=False)["epoch"] == 3
+    warning = capsys.readouterr().err.strip().splitlines()
+    assert len(warning) == 1 and f"checkpoint {tmp_path / 'cut.pt'} is damaged (" in warning[0]
+    assert warning[0].endswith("moved to " + str(tmp_path / "cut.pt.damaged") + ", training starts over")
+
+
 def test_too_small_training_set_is_a_clear_error(tiny_source, tiny_config, tmp_path):
     seed_everything(0)
     method = build_method("moco", tiny_config.pretrain, DataInfo(1, 3))
