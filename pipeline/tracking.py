@@ -10,6 +10,7 @@ name and baseline revision when DVC sets them.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import tempfile
 import time
@@ -18,6 +19,8 @@ import urllib.request
 from pathlib import Path
 from types import TracebackType
 from typing import Any
+
+from filelock import FileLock
 
 from duel.config import config_hash, flatten
 from duel.errors import DuelError
@@ -42,8 +45,12 @@ def project_root() -> Path:
     return PROJECT_ROOT
 
 
+def default_store() -> Path:
+    return project_root() / "mlflow.db"
+
+
 def tracking_uri() -> str:
-    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{project_root() / 'mlflow.db'}"
+    return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_store()}"
 
 
 def check_reachable(uri: str) -> None:
@@ -80,17 +87,20 @@ class StageRun:
         import mlflow
 
         uri = tracking_uri()
-        default_store = uri != os.environ.get("MLFLOW_TRACKING_URI")  # read before set_tracking_uri sets it
+        local = uri != os.environ.get("MLFLOW_TRACKING_URI")  # the default store; read before set_tracking_uri sets it
         check_reachable(uri)
         mlflow.set_tracking_uri(uri)
-        self.client = mlflow.MlflowClient()
-        experiment = self.client.get_experiment_by_name(self.experiment)
-        if experiment is None:
-            # Artifacts beside the default store, not in ./mlruns of whatever directory ran first.
-            location = (project_root() / "mlartifacts").as_uri() if default_store else None
-            experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
-        else:
-            experiment_id = experiment.experiment_id
+        # Queue workers on a fresh checkout create the SQLite store, its tables and the experiment at the
+        # same moment, and MLflow's table creation is not safe under that race: take turns (a server is).
+        with FileLock(f"{default_store()}.lock") if local else contextlib.nullcontext():
+            self.client = mlflow.MlflowClient()
+            experiment = self.client.get_experiment_by_name(self.experiment)
+            if experiment is None:
+                # Artifacts beside the default store, not in ./mlruns of whatever directory ran first.
+                location = (project_root() / "mlartifacts").as_uri() if local else None
+                experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
+            else:
+                experiment_id = experiment.experiment_id
         tags = {"stage": self.stage, "params_hash": self.params_hash}
         for tag, var in (("dvc_exp_name", "DVC_EXP_NAME"), ("dvc_baseline_rev", "DVC_EXP_BASELINE_REV")):
             if os.environ.get(var):

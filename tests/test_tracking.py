@@ -1,11 +1,14 @@
 import re
+import subprocess
+import sys
 from pathlib import Path
 
+import mlflow
 import yaml
 
 from pipeline import tracking
 from pipeline.common import RunKey, manifest_path, stage_name
-from tests.project_copy import ROOT
+from tests.project_copy import ROOT, copy_project
 
 
 def test_queued_experiments_log_to_the_store_of_the_checkout_that_queued_them(monkeypatch):
@@ -33,3 +36,27 @@ def test_run_names_match_the_dvc_matrix_and_its_output_paths():
     assert stages["prepare"]["outs"][0].replace("${item.imbalance}", "10").replace("${item.draw}", "2") == str(
         manifest_path(10.0, 2)
     )
+
+
+# One stage's MLflow work, as a stage process does it.
+STAGE = """
+import sys
+from pipeline.tracking import StageRun
+with StageRun("prepare", f"prepare@{sys.argv[1]}", {"i": sys.argv[1]}, "first-use") as run:
+    run.log_metrics({"x": 1.0})
+"""
+
+
+def test_several_stages_creating_the_default_store_at_once_all_log(tmp_path):
+    """Queue workers on a fresh checkout: the first processes create mlflow.db and the experiment together."""
+    env = copy_project(tmp_path)
+    procs = [
+        subprocess.Popen([sys.executable, "-c", STAGE, str(i)], cwd=tmp_path, env=env, stderr=subprocess.PIPE)
+        for i in range(4)
+    ]
+    errors = [p.communicate(timeout=120)[1].decode() for p in procs]
+    assert [p.returncode for p in procs] == [0] * 4, errors
+    client = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name("first-use").experiment_id])
+    assert sorted(r.info.run_name for r in runs) == [f"prepare@{i}" for i in range(4)]
+    assert all(r.info.status == "FINISHED" and r.data.metrics == {"x": 1.0} for r in runs)
