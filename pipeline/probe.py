@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
 
 from duel.backbones import build_backbone
-from duel.config import to_dict
+from duel.config import StudyConfig, to_dict
 from duel.data.augment import normalizer
 from duel.data.datasets import IndexedImages
+from duel.data.sources import SourceData
 from duel.eval.features import extract_features
 from duel.eval.protocol import Features, evaluate, evaluate_heads, probe_train_sets
 from duel.utils import atomic_path, write_json
@@ -45,26 +47,11 @@ def load_encoder(key: RunKey) -> tuple[torch.nn.Module, torch.nn.Module]:
     return read_output(key.pretrain_dir / "model.pt", key.stage("pretrain"), load)
 
 
-def probe(
-    method: MethodOption,
-    imbalance: ImbalanceOption,
-    train_set: TrainSetOption = "lt",
-    draw: DrawOption = 0,
-    seed: SeedOption = 0,
-    params: ParamsOption = PARAMS,
-) -> None:
-    """Linear probe (C chosen on validation), kNN and the LT-aware heads of probe.heads; overall / many /
-    medium / few top-1 on test. The protocol is the same whatever set the encoder pretrained on: groups
-    by the draw's LT counts, heads trained on its LT set."""
-    cfg = load_params(params)
-    check_method(method)
-    check_imbalance(cfg, imbalance)
-    check_train_set(train_set)
-    key = RunKey(method, imbalance, train_set, draw, seed)
+def probe_encoder(
+    encoder: torch.nn.Module, normalize: torch.nn.Module, source: SourceData, manifest: dict[str, Any], cfg: StudyConfig
+) -> tuple[dict[str, float], Features]:
+    """The probe protocol on one frozen encoder: the metrics and the test features."""
     pc = cfg.probe
-    source, manifest = load_data(cfg, imbalance, draw)
-    encoder, normalize = load_encoder(key)
-
     train_sets = probe_train_sets(manifest, source.train.labels, source.classes, pc)
     lt_set = np.asarray(manifest["train_indices"]) if pc.heads else np.empty(0, dtype=np.int64)
     pool = np.unique(np.concatenate([*train_sets, lt_set]))  # features of every probe image, extracted once
@@ -86,11 +73,35 @@ def probe(
         rows = np.searchsorted(pool, lt_set)
         lt_train = Features(feats["pool"].features[rows], feats["pool"].labels[rows])
         metrics |= evaluate_heads(lt_train, feats["val"], feats["test"], counts, pc)
+    return metrics, feats["test"]
+
+
+def probe(
+    method: MethodOption,
+    imbalance: ImbalanceOption,
+    train_set: TrainSetOption = "lt",
+    draw: DrawOption = 0,
+    seed: SeedOption = 0,
+    params: ParamsOption = PARAMS,
+) -> None:
+    """Linear probe (C chosen on validation), kNN and the LT-aware heads of probe.heads; overall / many /
+    medium / few top-1 on test. The protocol is the same whatever set the encoder pretrained on: groups
+    by the draw's LT counts, heads trained on its LT set."""
+    cfg = load_params(params)
+    check_method(method)
+    check_imbalance(cfg, imbalance)
+    check_train_set(train_set)
+    key = RunKey(method, imbalance, train_set, draw, seed)
+    pc = cfg.probe
+    source, manifest = load_data(cfg, imbalance, draw)
+    encoder, normalize = load_encoder(key)
+
+    metrics, test = probe_encoder(encoder, normalize, source, manifest, cfg)
     config = {**key.config(), "probe": to_dict(pc)}
     with StageRun("probe", key.stage("probe"), config, cfg.tracking.experiment) as run:
         out = key.probe_dir
         with atomic_path(out / "test_features.npz") as tmp, tmp.open("wb") as fh:
-            np.savez_compressed(fh, features=feats["test"].features, labels=feats["test"].labels)
+            np.savez_compressed(fh, features=test.features, labels=test.labels)
         write_json(out / "metrics.json", metrics)
         run.log_metrics(metrics)
         run.log_artifact(out / "metrics.json")

@@ -183,7 +183,7 @@ def plot_entropy(cfg: StudyConfig, axis: str, memory_methods: list[str], path: P
             key = shown_run(cfg, method, imbalance)
             log = read_output(key.pretrain_dir / "train_log.csv", key.stage("pretrain"), read_entropy_curve)
             ax.plot(log["step"], log["memory_entropy"], label=method)
-        where = shown_run(cfg, "", imbalance)
+        where = shown_run(cfg, cfg.sweep.methods[0], imbalance)
         title = f"{axis}={setting(imbalance)} ({where.train_set}, draw {where.draw}, seed {where.seed})"
         ax.set(title=title, xlabel="training step", ylim=(0, 1.02))
         ax.grid(alpha=0.3)
@@ -363,7 +363,7 @@ def report(params: ParamsOption = PARAMS) -> None:
         key = shown_run(cfg, method, worst)
         data = read_output(key.probe_dir / "test_features.npz", key.stage("probe"), lambda p: dict(np.load(p)))
         feature_maps[method] = tsne_embed(data["features"], data["labels"], rc.tsne_perplexity, rc.tsne_max_points)
-    shown = shown_run(cfg, "", worst)
+    shown = shown_run(cfg, cfg.sweep.methods[0], worst)
     where = f"{axis}={setting(worst)}, {shown.train_set}, draw {shown.draw}, seed {shown.seed}"
     scatter_grid(feature_maps, num_classes, f"t-SNE of test features ({where})", figures / "tsne_features.png")
     with_maps = [m for m in ("moco", "dmoco") if m in memory_methods] or memory_methods
