@@ -16,6 +16,7 @@ import tempfile
 import time
 import urllib.error
 import urllib.request
+from collections.abc import Iterator
 from pathlib import Path
 from types import TracebackType
 from typing import Any
@@ -53,17 +54,26 @@ def tracking_uri() -> str:
     return os.environ.get("MLFLOW_TRACKING_URI") or f"sqlite:///{default_store()}"
 
 
-def check_reachable(uri: str) -> None:
-    """Fail fast, in one line, instead of MLflow's minutes of retries against a dead server."""
-    if not uri.startswith(("http://", "https://")):
-        return
+def is_server(uri: str) -> bool:
+    return uri.startswith(("http://", "https://"))
+
+
+def unreachable(uri: str) -> str | None:
+    """Why the tracking server at `uri` does not answer its health check; None when it does."""
     try:
         urllib.request.urlopen(f"{uri.rstrip('/')}/health", timeout=5)
     except (urllib.error.URLError, OSError) as exc:
+        return str(getattr(exc, "reason", exc))
+    return None
+
+
+def check_reachable(uri: str) -> None:
+    """Fail fast, in one line, instead of MLflow's minutes of retries against a dead server."""
+    if is_server(uri) and (reason := unreachable(uri)):
         raise DuelError(
-            f"MLflow tracking server {uri} is unreachable ({getattr(exc, 'reason', exc)}); "
+            f"MLflow tracking server {uri} is unreachable ({reason}); "
             "start it (mlflow server ...) or unset MLFLOW_TRACKING_URI to log to mlflow.db"
-        ) from exc
+        )
 
 
 class StageRun:
@@ -138,21 +148,39 @@ class StageRun:
         if len(self._steps) >= STEP_FLUSH:
             self.flush()
 
+    @contextlib.contextmanager
+    def _server_calls(self) -> Iterator[None]:
+        """A tracking server that stops answering mid-stage ends the stage in one line. The stage's
+        outputs written so far and its checkpoint stay, so a rerun resumes where the run stopped."""
+        try:
+            yield
+        except Exception as exc:
+            uri = tracking_uri()
+            if is_server(uri) and (reason := unreachable(uri)):
+                raise DuelError(
+                    f"MLflow tracking server {uri} stopped answering during {self.name} ({reason}); "
+                    "restart it and rerun the stage (pretrain resumes from its last checkpoint)"
+                ) from exc
+            raise
+
     def flush(self) -> None:
         """Send the buffered step metrics (the trainer calls it before writing each checkpoint)."""
-        for start in range(0, len(self._steps), 1000):  # MLflow's batch limit
-            self.client.log_batch(self.run.info.run_id, metrics=self._steps[start : start + 1000])
+        with self._server_calls():
+            for start in range(0, len(self._steps), 1000):  # MLflow's batch limit
+                self.client.log_batch(self.run.info.run_id, metrics=self._steps[start : start + 1000])
         self._steps = []
 
     def log_metrics(self, metrics: dict[str, float]) -> None:
         import mlflow
 
-        mlflow.log_metrics(metrics)
+        with self._server_calls():
+            mlflow.log_metrics(metrics)
 
     def log_artifact(self, path: Path, folder: str | None = None) -> None:
         import mlflow
 
-        mlflow.log_artifact(str(path), folder)
+        with self._server_calls():
+            mlflow.log_artifact(str(path), folder)
 
     def log_arrays(self, name: str, arrays: dict[str, Any]) -> None:
         """Arrays as one compressed `.npz` artifact of the run (nothing is written to the project)."""
@@ -162,12 +190,19 @@ class StageRun:
         with tempfile.TemporaryDirectory() as tmp:
             path = Path(tmp) / name
             np.savez_compressed(path, **arrays)
-            mlflow.log_artifact(str(path))
+            with self._server_calls():
+                mlflow.log_artifact(str(path))
 
     def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, tb: TracebackType | None) -> None:
         import mlflow
 
-        if self._steps:
-            self.flush()
         status = "FINISHED" if kind is None else "KILLED" if issubclass(kind, StageKilled) else "FAILED"
-        mlflow.end_run(status)
+        try:
+            if self._steps:
+                self.flush()
+            with self._server_calls():
+                mlflow.end_run(status)
+        except DuelError:
+            if kind is None:
+                raise
+            # Already unwinding (the server went away mid-stage): that error is the one to report.

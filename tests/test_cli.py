@@ -13,6 +13,7 @@ import yaml
 from pipeline import cli
 from pipeline import pretrain as stage
 from pipeline.tracking import StageKilled
+from tests.tracking_server import tracking_server
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -139,17 +140,21 @@ def test_killed_pretrain_leaves_nothing_and_resumes_into_the_same_run(project, m
     assert max(m.step for m in ages) == 11 and len({m.step for m in ages}) == len(ages) > 1
 
 
-# A stage process that SIGKILLs itself at one training step (no handler, no flush, no cleanup runs).
+# A stage process that SIGKILLs itself at one training step (no handler, no flush, no cleanup runs), or
+# kills the tracking server's process group (KILL_GROUP) and goes on.
 KILLED_AT_STEP = """
 import os, signal, sys
 from pipeline import cli, tracking, pretrain as stage
-tracking.STEP_FLUSH = int(os.environ["STEP_FLUSH"])
+tracking.STEP_FLUSH = int(os.environ.get("STEP_FLUSH", tracking.STEP_FLUSH))
 train = stage.train
 def killed(*args, on_step, **kwargs):
     def step(record):
         on_step(record)
         if record["step"] == 9:  # 4 steps per epoch: two steps after the epoch-2 checkpoint
-            os.kill(os.getpid(), signal.SIGKILL)
+            if "KILL_GROUP" in os.environ:  # the tracking server goes away instead
+                os.killpg(int(os.environ["KILL_GROUP"]), signal.SIGKILL)
+            else:
+                os.kill(os.getpid(), signal.SIGKILL)
     return train(*args, on_step=step, **kwargs)
 stage.train = killed
 sys.argv = ["pipeline", *sys.argv[1:]]
@@ -203,3 +208,35 @@ def test_a_damaged_output_stops_the_stage_reading_it_in_one_line(project, monkey
         assert f"error: {name} is damaged (" in err and f"delete it and run `dvc repro {rebuilt_by}`" in err, err
         path.write_bytes(good)
     assert run_stage(["report"], monkeypatch, capsys)[0] == 0
+
+
+def test_a_tracking_server_that_goes_away_mid_stage_fails_it_in_one_line_and_a_rerun_resumes(project, tmp_path):
+    set_params(project, "prepare", n_max=20)
+    set_params(project, "pretrain", epochs=3, batch_size=16, checkpoint_every=1, memory={"size": 32})
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "MLFLOW_HTTP_REQUEST_MAX_RETRIES": "0"}
+    with tracking_server(tmp_path) as (uri, server):
+        env["MLFLOW_TRACKING_URI"] = uri
+        subprocess.run([sys.executable, "-m", "pipeline", "prepare", "--imbalance", "10"], env=env, check=True)
+        cut = subprocess.run(
+            [sys.executable, "-c", KILLED_AT_STEP, *PRETRAIN],
+            env={**env, "KILL_GROUP": str(server.pid)},
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+    assert cut.returncode == 2, cut.stderr
+    assert cut.stderr.strip().splitlines()[-1].startswith(f"error: MLflow tracking server {uri} stopped answering")
+    assert len(cut.stderr.strip().splitlines()) == 1 and "restart it and rerun" in cut.stderr
+    assert (project / "checkpoints/moco-imb10-lt-d0-s0/last.pt").exists()
+
+    with tracking_server(tmp_path) as (uri, _):  # the same store, restarted
+        env["MLFLOW_TRACKING_URI"] = uri
+        subprocess.run([sys.executable, "-m", "pipeline", *PRETRAIN, "--resume"], env=env, check=True, timeout=300)
+        client = mlflow.MlflowClient(uri)
+        runs = client.search_runs(
+            [client.get_experiment_by_name("duel-digits").experiment_id], "tags.stage = 'pretrain'"
+        )
+        assert [r.info.status for r in runs] == ["FINISHED"]
+        logged = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss"))
+        assert logged == list(range(12))  # none lost to the outage, none twice
+    assert (project / "outputs/pretrain/moco-imb10-lt-d0-s0/model.pt").exists()
