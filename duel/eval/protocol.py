@@ -14,7 +14,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
-import pandas as pd
 
 from duel.config import ProbeConfig
 from duel.data.longtail import kshot_subsets
@@ -77,6 +76,8 @@ def evaluate(
         split |= {f"knn_{k}": v for k, v in group_accuracies(test.labels, knn, class_counts, **grouping).items()}
         split |= {"linear_best_c": result.best_c, "linear_val_top1": result.val_accuracy[result.best_c]}
         per_split.append(split)
+    import pandas as pd  # here: every stage imports this module (HEADS) to validate its config
+
     table = pd.DataFrame(per_split)
     metrics = {k: float(v) for k, v in table.mean().items()}  # k-shot: the mean over the random splits
     metrics["linear_best_c"] = float(table["linear_best_c"].median())
