@@ -24,10 +24,11 @@ import torch
 import torch.nn.functional as F
 
 from duel.data.augment import normalizer, to_unit
+from duel.data.longtail import pretraining_indices
 from duel.diagnostics import head_classes, replay_stream, tail_risk
 from duel.memory import ActiveMemory
 from duel.methods import DataInfo, build_method
-from pipeline.common import TRAIN_SET_INDICES, load_data, load_params
+from pipeline.common import load_data, load_params
 
 
 def entropy(counts: list[float]) -> float:
@@ -59,7 +60,7 @@ def main() -> None:
     run = saved["config"]
     cfg = load_params(args.params)
     source, manifest = load_data(cfg, run["imbalance"], run["draw"])
-    idx = torch.as_tensor(manifest[TRAIN_SET_INDICES[run["train_set"]]])
+    idx = torch.as_tensor(pretraining_indices(manifest, run["train_set"], source.train.labels))
     data = DataInfo(saved["in_channels"], len(idx), source.num_classes)
     method = build_method(run["method"], cfg.pretrain, data)
     method.load_state_dict(saved["method_state_dict"], strict=False)  # no memory: it is in memory.pt

@@ -28,9 +28,6 @@ PARAMS = Path("params.yaml")
 
 T = TypeVar("T")
 
-# sweep.train_sets -> the manifest's indices that training set names
-TRAIN_SET_INDICES = {"lt": "train_indices", "balanced": "matched_indices"}
-
 OUTPUTS = Path("outputs")
 CHECKPOINTS = Path("checkpoints")
 REPORTS = Path("reports")

@@ -13,6 +13,7 @@ import typer
 from duel.config import to_dict
 from duel.data.augment import ssl_augmentation
 from duel.data.datasets import IndexedImages
+from duel.data.longtail import pretraining_indices
 from duel.data.sources import SourceData
 from duel.diagnostics import summary_metrics
 from duel.methods import DataInfo, build_method
@@ -20,7 +21,6 @@ from duel.train import pretrain as train
 from duel.utils import atomic_path, save_torch, seed_everything, write_json
 from pipeline.common import (
     PARAMS,
-    TRAIN_SET_INDICES,
     DrawOption,
     ImbalanceOption,
     MethodOption,
@@ -62,7 +62,7 @@ def pretrain(
     check_train_set(train_set)
     key = RunKey(method, imbalance, train_set, draw, seed)
     source, manifest = load_data(cfg, imbalance, draw)
-    indices = manifest[TRAIN_SET_INDICES[train_set]]
+    indices = pretraining_indices(manifest, train_set, source.train.labels)
     config = {
         **key.config(),
         "data": to_dict(cfg.data),

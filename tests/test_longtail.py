@@ -2,7 +2,7 @@ import numpy as np
 import pytest
 
 from duel.config import DataConfig, PrepareConfig
-from duel.data.longtail import build_manifest, check_manifest, class_counts, kshot_subsets
+from duel.data.longtail import build_manifest, check_manifest, class_counts, kshot_subsets, pretraining_indices
 from duel.data.sources import DataError
 
 
@@ -65,6 +65,18 @@ def test_matched_set_is_balanced_the_lt_size_and_from_the_pool(tiny_source):
         assert counts == [12, 12, 11] and sum(counts) == m["num_train"] == 35
         assert set(m["matched_indices"]) <= set(m["balanced_indices"])
         assert len(set(m["matched_indices"])) == 35
+
+
+def test_a_pool_too_small_for_the_balanced_match_fails_only_the_runs_that_ask_for_it(tiny_source, tmp_path):
+    val = np.array([0, 40, *range(85, 120)])  # class c keeps 5 pool images: less than 35 / 3
+    np.save(tmp_path / "val.npy", val)
+    m = build_manifest(
+        tiny_source, DataConfig(), PrepareConfig(n_max=20, val_index_file=str(tmp_path / "val.npy")), 4.0
+    )
+    assert m["matched_indices"] is None and m["class_counts"] == [20, 10, 5]
+    assert pretraining_indices(m, "lt", tiny_source.train.labels) == m["train_indices"]
+    with pytest.raises(DataError, match=r"\(35 images\) needs 12 per class but class 'c' has 5 in its pool"):
+        pretraining_indices(m, "balanced", tiny_source.train.labels)
 
 
 def test_shuffled_head_order_permutes_the_counts(tiny_source):

@@ -116,14 +116,11 @@ def build_manifest(
     if not all(len(v) for v in val):
         empty = source.classes[next(c for c, v in enumerate(val) if not len(v))]
         raise DataError(f"class {empty!r} has no validation image; raise data.val_fraction or fix the split file")
-    matched = []
-    for c, k in enumerate(matched_counts(sum(per_class), source.num_classes)):
-        if k > len(pool[c]):
-            raise DataError(
-                f"the balanced set of the LT set's size needs {k} images of class {source.classes[c]!r} but "
-                f"its pool holds {len(pool[c])}; lower prepare.n_max or the imbalance"
-            )
-        matched.append(np.sort(rng.choice(pool[c], k, replace=False)))
+    # D_b; a source long-tailed as published (profile natural) may hold no balanced set that large.
+    wanted = matched_counts(sum(per_class), source.num_classes)
+    matched = None
+    if all(k <= len(p) for k, p in zip(wanted, pool, strict=True)):
+        matched = np.concatenate([np.sort(rng.choice(p, k, replace=False)) for k, p in zip(wanted, pool, strict=True)])
 
     return {
         "source": source.name,
@@ -139,10 +136,24 @@ def build_manifest(
         "class_counts": per_class,
         "num_train": int(sum(per_class)),
         "train_indices": np.concatenate(lt).tolist(),
-        "matched_indices": np.concatenate(matched).tolist(),
+        "matched_indices": None if matched is None else matched.tolist(),
         "balanced_indices": np.sort(np.concatenate(pool)).tolist(),
         "val_indices": np.sort(np.concatenate(val)).tolist(),
     }
+
+
+def pretraining_indices(manifest: dict[str, Any], train_set: str, labels: np.ndarray) -> list[int]:
+    """The training-split indices `train_set` (sweep.train_sets) names: the LT set or its balanced match."""
+    if train_set == "lt":
+        return manifest["train_indices"]
+    if manifest["matched_indices"] is None:
+        pool = np.bincount(labels[manifest["balanced_indices"]], minlength=len(manifest["classes"]))
+        need, c = -(-manifest["num_train"] // len(pool)), int(pool.argmin())
+        raise DataError(
+            f"a balanced set of the LT set's size ({manifest['num_train']} images) needs {need} per class but class "
+            f"{manifest['classes'][c]!r} has {pool[c]} in its pool; drop balanced from sweep.train_sets"
+        )
+    return manifest["matched_indices"]
 
 
 def check_manifest(manifest: dict[str, Any], source: SourceData) -> None:

@@ -1,0 +1,73 @@
+"""Parallel sweeps: `dvc exp run --queue` experiments run by two `dvc queue` workers, logging to a
+tracking server or to the default SQLite store; every stage run lands once, finished, tagged."""
+
+from __future__ import annotations
+
+import contextlib
+import time
+
+import mlflow
+import pytest
+import yaml
+
+from tests.project_copy import commit_all, copy_project, dvc
+from tests.tracking_server import tracking_server
+
+TINY = {
+    "sweep": {"methods": ["moco"], "imbalance": [10], "seeds": [0]},
+    "tracking": {"experiment": "queue"},
+    "prepare": {"n_max": 30},
+    "pretrain": {"epochs": 1, "batch_size": 16, "memory": {"size": 32}},
+    "probe": {"heads": [], "knn_k": 5, "c_grid": [1.0]},
+    "report": {"tsne_perplexity": 5.0, "tsne_max_points": 100},
+}
+
+
+def wait_for_queue(root, env, within: float) -> None:
+    deadline = time.monotonic() + within
+    while True:
+        status = dvc(root, env, "queue", "status")
+        if not any(word in status for word in ("Queued", "Running")):
+            return
+        assert time.monotonic() < deadline, status
+        time.sleep(3)
+
+
+@pytest.mark.parametrize("store", ["server", "sqlite"])
+def test_two_queue_workers_log_every_stage_run_once(tmp_path, store):
+    root = tmp_path / "project"
+    root.mkdir()
+    env = copy_project(root)
+    params = yaml.safe_load((root / "params.yaml").read_text())
+    for section, values in TINY.items():
+        params[section] |= values
+    (root / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
+    commit_all(root, env, "queue study")
+    names = [f"lr{i}" for i in range(4)]
+    for i, name in enumerate(names):
+        dvc(root, env, "exp", "run", "--queue", "--name", name, "-S", f"pretrain.lr={0.01 * (i + 1):g}")
+
+    server = tracking_server(tmp_path) if store == "server" else contextlib.nullcontext((None, None))
+    with server as (uri, _):
+        if uri:
+            env["MLFLOW_TRACKING_URI"] = uri
+        dvc(root, env, "queue", "start", "-j", "2")
+        wait_for_queue(root, env, within=900)
+        client = mlflow.MlflowClient(uri or f"sqlite:///{root / 'mlflow.db'}")
+        runs = client.search_runs([client.get_experiment_by_name("queue").experiment_id], max_results=1000)
+        pretrain = [r for r in runs if r.data.tags["stage"] == "pretrain"]
+        artifacts = [{a.path for a in client.list_artifacts(r.info.run_id)} for r in pretrain]
+    failed = dvc(root, env, "queue", "status")
+    assert "Failed" not in failed, failed
+    by_exp: dict[str, list[str]] = {}
+    for run in runs:
+        assert run.info.status == "FINISHED", (run.info.run_name, run.info.status)
+        by_exp.setdefault(run.data.tags.get("dvc_exp_name", "?"), []).append(run.info.run_name)
+    assert sorted(by_exp) == names, by_exp
+    for name, stages in by_exp.items():
+        assert len(stages) == len(set(stages)), (name, stages)  # no stage logged twice
+        # prepare's outputs may come from DVC's run cache; every lr changes the other three
+        assert {"pretrain@moco-10-lt-0-0", "probe@moco-10-lt-0-0", "report"} <= set(stages), (name, stages)
+    assert sorted(r.data.params["pretrain.lr"] for r in pretrain) == ["0.01", "0.02", "0.03", "0.04"]
+    assert all(r.data.metrics["steps"] >= 1 for r in pretrain)
+    assert all({"config.json", "metrics.json", "train_log.csv"} <= paths for paths in artifacts)
