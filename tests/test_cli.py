@@ -162,6 +162,7 @@ cli.main()
 """
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("flush_every", [200, 1])  # steps buffered at the kill / already sent past the checkpoint
 def test_sigkilled_pretrain_resumes_with_every_step_metric_exactly_once(project, flush_every):
     set_params(project, "prepare", n_max=20)
@@ -181,6 +182,7 @@ def test_sigkilled_pretrain_resumes_with_every_step_metric_exactly_once(project,
         assert logged == steps, key  # none lost, none twice
 
 
+@pytest.mark.slow
 def test_a_damaged_output_stops_the_stage_reading_it_in_one_line(project, monkeypatch, capsys):
     set_params(project, "sweep", methods=["moco"], imbalance=[10])
     set_params(project, "prepare", n_max=20)
@@ -210,6 +212,7 @@ def test_a_damaged_output_stops_the_stage_reading_it_in_one_line(project, monkey
     assert run_stage(["report"], monkeypatch, capsys)[0] == 0
 
 
+@pytest.mark.slow
 def test_a_tracking_server_that_goes_away_mid_stage_fails_it_in_one_line_and_a_rerun_resumes(project, tmp_path):
     set_params(project, "prepare", n_max=20)
     set_params(project, "pretrain", epochs=3, batch_size=16, checkpoint_every=1, memory={"size": 32})

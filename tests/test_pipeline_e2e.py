@@ -12,6 +12,8 @@ import yaml
 
 from tests.project_copy import commit_all, copy_project, dvc, sh
 
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("e2e_study")]  # one study, tests in order
+
 TINY = {
     "sweep": {"methods": ["moco", "dmoco"], "imbalance": [1, 10], "seeds": [0]},
     "tracking": {"experiment": "e2e"},

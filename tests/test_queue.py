@@ -13,6 +13,8 @@ import yaml
 from tests.project_copy import commit_all, copy_project, dvc
 from tests.tracking_server import tracking_server
 
+pytestmark = pytest.mark.slow
+
 TINY = {
     "sweep": {"methods": ["moco"], "imbalance": [10], "seeds": [0]},
     "tracking": {"experiment": "queue"},
