@@ -104,13 +104,7 @@ class StageRun:
         # same moment, and MLflow's table creation is not safe under that race: take turns (a server is).
         with FileLock(f"{default_store()}.lock") if local else contextlib.nullcontext():
             self.client = mlflow.MlflowClient()
-            experiment = self.client.get_experiment_by_name(self.experiment)
-            if experiment is None:
-                # Artifacts beside the default store, not in ./mlruns of whatever directory ran first.
-                location = (project_root() / "mlartifacts").as_uri() if local else None
-                experiment_id = self.client.create_experiment(self.experiment, artifact_location=location)
-            else:
-                experiment_id = experiment.experiment_id
+            experiment_id = self._experiment_id(local)
         tags = {"stage": self.stage, "params_hash": self.params_hash}
         for tag, var in (("dvc_exp_name", "DVC_EXP_NAME"), ("dvc_baseline_rev", "DVC_EXP_BASELINE_REV")):
             if os.environ.get(var):
@@ -124,6 +118,23 @@ class StageRun:
             for key in self.client.get_run(run_id).data.metrics:
                 self._logged[key] = max(m.step for m in self.client.get_metric_history(run_id, key))
         return self
+
+    def _experiment_id(self, local: bool) -> str:
+        from mlflow.exceptions import MlflowException
+
+        experiment = self.client.get_experiment_by_name(self.experiment)
+        if experiment is not None:
+            return experiment.experiment_id
+        # Artifacts beside the default store, not in ./mlruns of whatever directory ran first.
+        location = (project_root() / "mlartifacts").as_uri() if local else None
+        try:
+            return self.client.create_experiment(self.experiment, artifact_location=location)
+        except MlflowException as exc:
+            # Two workers on one tracking server both found no experiment and both created it: the later is
+            # refused, and uses the one the other made.
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            return self.client.get_experiment_by_name(self.experiment).experiment_id
 
     def _unfinished_run(self, experiment_id: str) -> str | None:
         runs = self.client.search_runs(

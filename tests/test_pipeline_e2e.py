@@ -28,7 +28,7 @@ def ran_stages(output: str) -> set[str]:
     return set(re.findall(r"Running stage '([^']+)'", output))
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # xdist runs the group on one worker, but between other modules' tests
 def study(tmp_path_factory):
     root = tmp_path_factory.mktemp("study")
     env = copy_project(root)

@@ -60,3 +60,24 @@ def test_several_stages_creating_the_default_store_at_once_all_log(tmp_path):
     runs = client.search_runs([client.get_experiment_by_name("first-use").experiment_id])
     assert sorted(r.info.run_name for r in runs) == [f"prepare@{i}" for i in range(4)]
     assert all(r.info.status == "FINISHED" and r.data.metrics == {"x": 1.0} for r in runs)
+
+
+def test_an_experiment_another_worker_creates_first_is_used_not_an_error(tmp_path, monkeypatch):
+    """Two queue workers on one tracking server: both look the experiment up, find none, and create it."""
+    uri = f"sqlite:///{tmp_path / 'server.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    lookup = mlflow.MlflowClient.get_experiment_by_name
+    other_worker = mlflow.MlflowClient(uri)
+
+    def lookup_losing_the_race(self, name):
+        if lookup(other_worker, name) is None:
+            other_worker.create_experiment(name)  # the other worker's create lands between our lookup and ours
+            return None
+        return lookup(self, name)
+
+    monkeypatch.setattr(mlflow.MlflowClient, "get_experiment_by_name", lookup_losing_the_race)
+    with tracking.StageRun("prepare", "prepare@1-0", {"i": 1}, "race") as run:
+        run.log_metrics({"x": 1.0})
+    experiment = other_worker.get_experiment_by_name("race")
+    runs = other_worker.search_runs([experiment.experiment_id])
+    assert [r.info.run_name for r in runs] == ["prepare@1-0"] and runs[0].info.status == "FINISHED"
