@@ -106,6 +106,12 @@ class PretrainConfig:
     method_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
     max_steps: int | None = None  # stop (and end the cosine schedule) after this many steps
     checkpoint_every: int = 5  # epochs
+    # Data-parallel pretraining (duel.distributed): the stage launches itself through torch's elastic
+    # launcher with this many processes (gloo on CPU, nccl on CUDA); batch_size is per process, so the
+    # global batch is batch_size x processes. lr_scaling: none | linear (lr x processes).
+    nproc_per_node: int = 1
+    lr_scaling: str = "none"
+    sync_batchnorm: bool = False  # BatchNorm statistics over the global batch (torch's SyncBatchNorm, CUDA only)
     diagnostics_every: int = 1  # epochs between memory diagnostics (duel.diagnostics; O(K^2 d) each); 0: off
 
 

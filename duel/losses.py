@@ -9,6 +9,8 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from duel.distributed import gather_with_grad
+
 
 def info_nce(
     query: torch.Tensor, key: torch.Tensor, negatives: torch.Tensor, temperature: float, reduction: str = "mean"
@@ -32,13 +34,19 @@ def nt_xent(
 ) -> torch.Tensor:
     """SimCLR's NT-Xent over the 2B views; `extra_negatives` (N, d) are appended to every row.
 
+    Under torch.distributed, each rank's views are contrasted with the views of every rank's batch
+    (gathered with gradient, as in large-batch SimCLR), so the loss and the DDP-averaged gradient are
+    those of one process on the global batch; the rows (and `reduction="none"`) stay this rank's.
     With `reduction="none"`: the (2B,) loss of each view, view 1's rows first.
     """
-    z = torch.cat([z1, z2])
-    n = len(z1)
-    logits = z @ z.T
-    logits.fill_diagonal_(float("-inf"))  # a view is never its own negative
+    (all1, offset), (all2, _) = gather_with_grad(z1), gather_with_grad(z2)
+    z, candidates = torch.cat([z1, z2]), torch.cat([all1, all2])
+    n, total = len(z1), len(all1)
+    logits = z @ candidates.T
+    own = torch.arange(n, device=z.device) + offset
+    rows = torch.arange(2 * n, device=z.device)
+    logits[rows, torch.cat([own, own + total])] = float("-inf")  # a view is never its own negative
     if extra_negatives is not None and len(extra_negatives):
         logits = torch.cat([logits, z @ extra_negatives.T], dim=1)
-    target = torch.cat([torch.arange(n, 2 * n), torch.arange(n)]).to(z.device)
+    target = torch.cat([own + total, own])
     return F.cross_entropy(logits / temperature, target, reduction=reduction)

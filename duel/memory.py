@@ -69,6 +69,18 @@ class ActiveMemory(nn.Module):
         self.register_buffer("pushes", torch.zeros((), dtype=torch.long))
         self.register_buffer("born", torch.zeros(size, dtype=torch.long))
         self.register_buffer("evicted_fresh", torch.zeros((), dtype=torch.long))
+        # Random eviction draws from the memory's own generator: data-parallel ranks seed it alike and
+        # draw alike, while their global RNGs (augmentation) differ. Saved with the state (extra state).
+        self.generator = torch.Generator().manual_seed(0)
+
+    def seed(self, seed: int) -> None:
+        self.generator.manual_seed(seed)
+
+    def get_extra_state(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def set_extra_state(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
 
     # ------------------------------------------------------------------ views
     @property
@@ -170,8 +182,7 @@ class ActiveMemory(nn.Module):
             return slots
         free = self._free_slots(n)
         rest = n - len(free)
-        # Random eviction draws from the global torch RNG, which checkpoints save.
-        taken = torch.randperm(self.num_filled, device="cpu")[:rest].to(self.keys.device)
+        taken = torch.randperm(self.num_filled, generator=self.generator)[:rest].to(self.keys.device)
         return torch.cat([free, taken])
 
     def _duel_slots(self, n: int) -> torch.Tensor:

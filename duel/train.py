@@ -15,6 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -22,12 +23,58 @@ from duel.config import PretrainConfig, RuntimeConfig, flatten
 from duel.data.augment import to_unit
 from duel.data.datasets import Batch, IndexedImages
 from duel.diagnostics import memory_diagnostics
+from duel.distributed import ONE_PROCESS, World
 from duel.errors import DuelError
-from duel.methods import SSLMethod
-from duel.utils import progress, rng_states, save_torch, set_rng_states
+from duel.methods import SSLMethod, StepOutput
+from duel.utils import progress, rng_states, save_torch, seed_everything, set_rng_states
 
 StepCallback = Callable[[dict[str, float]], None]
 EpochCallback = Callable[[dict[str, Any]], None]
+CHECK_EVERY = 50  # steps between the cross-rank checksums of the memory and per-sample state
+
+
+class TrainingLoss(nn.Module):
+    """`method.training_loss` as a module's forward: what DistributedDataParallel wraps, so that the
+    backward of the loss averages the gradients over the ranks."""
+
+    def __init__(self, method: SSLMethod) -> None:
+        super().__init__()
+        self.method = method
+
+    def forward(self, views: list[torch.Tensor], batch: Batch) -> StepOutput:
+        return self.method.training_loss(views, batch)
+
+
+def data_parallel(method: SSLMethod, world: World, sync_batchnorm: bool = False) -> nn.Module:
+    """The module `training_step` calls for the loss: DDP over the ranks, or the method itself.
+
+    Buffers are not broadcast at every step (DDP's default): the memory and per-sample state agree
+    by construction (checked every CHECK_EVERY steps), and each rank keeps its BatchNorm statistics
+    unless `sync_batchnorm` (torch's SyncBatchNorm, CUDA only) computes them over the global batch.
+    """
+    loss = TrainingLoss(method)
+    if not world.distributed:
+        return loss
+    from torch.nn.parallel import DistributedDataParallel
+
+    if sync_batchnorm:
+        nn.SyncBatchNorm.convert_sync_batchnorm(method)
+    device = next(method.parameters()).device
+    return DistributedDataParallel(
+        loss, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False
+    )
+
+
+def _global_output(output: StepOutput, world: World) -> StepOutput:
+    keys = None if output.keys is None else world.gather(output.keys, parts=2)
+    aux = {name: world.gather(value) for name, value in output.aux.items()}
+    return StepOutput(output.loss.detach(), world.gather(output.per_sample), keys, aux)
+
+
+def _global_batch(batch: Batch, world: World) -> Batch:
+    """Every rank's labels, indices and positions; not the images, which no after-step update reads."""
+    labels, indices, positions = (world.gather(part) for part in batch[1:])
+    return Batch(batch.images[:0], labels, indices, positions)
 
 
 def _cosine(total_steps: int) -> Callable[[int], float]:
@@ -42,20 +89,31 @@ def training_step(
     runtime: RuntimeConfig,
     step: int,
     total_steps: int,
+    world: World = ONE_PROCESS,
+    loss_module: nn.Module | None = None,
 ) -> torch.Tensor:
     """One step on a uint8 batch already on the device: the method's views and loss, backward,
-    optimizer step, the method's after-step updates. Returns the loss (not synchronised)."""
+    optimizer step, the method's after-step updates. Returns the loss (not synchronised).
+
+    Data-parallel (`world` of several ranks, `loss_module` from `data_parallel`): the loss is this
+    rank's, the gradients are averaged, and `after_step` sees the global batch and every rank's
+    keys and per-sample values in rank order, so the memory and per-sample state stay identical.
+    The returned loss is then the mean over the ranks.
+    """
+    loss_module = loss_module if loss_module is not None else TrainingLoss(method)
     memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
     batch = batch._replace(images=to_unit(batch.images))
     with torch.no_grad():
         views = [v.contiguous(memory_format=memory_format) for v in method.views(batch, augment)]
     with torch.autocast(batch.images.device.type, dtype=torch.bfloat16, enabled=runtime.precision == "bf16"):
-        output = method.training_loss(views, batch)
+        output = loss_module(views, batch)
     optimizer.zero_grad(set_to_none=True)
     output.loss.backward()
     optimizer.step()
+    if world.distributed:
+        output, batch = _global_output(output, world), _global_batch(batch, world)
     method.after_step(output, batch, step, total_steps)
-    return output.loss.detach()
+    return world.mean(output.loss.detach())
 
 
 @torch.no_grad()
@@ -96,6 +154,8 @@ def _load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any] | Non
         state = torch.load(path, map_location="cpu", weights_only=False)
         if not isinstance(state, dict) or not set(state) >= CHECKPOINT_KEYS:
             raise ValueError("not a pretraining checkpoint")
+        if not isinstance(state["rng"], list):
+            raise ValueError("an older checkpoint format (one RNG state, not one per rank)")
     except Exception as exc:  # truncated, not a zip or pickle, a foreign object: whatever torch raises
         reason = str(exc).splitlines()[0] if str(exc) else type(exc).__name__
         aside = path.with_name(f"{path.name}.damaged")
@@ -131,6 +191,7 @@ def pretrain(
     on_epoch: EpochCallback | None = None,
     on_method_metrics: StepCallback | None = None,
     before_checkpoint: Callable[[], None] | None = None,
+    world: World = ONE_PROCESS,
 ) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
     """Train `method` in place on `runtime`'s device; return the per-step history (loss, lr, memory
     entropy, images/s) and the memory diagnostics (`duel.diagnostics`, one record per `cfg.diagnostics_every` epochs and
@@ -142,8 +203,18 @@ def pretrain(
     `on_method_metrics` the method's `epoch_metrics` after every epoch; `before_checkpoint` runs before
     each checkpoint is written (a logger flushes there, so a run killed afterwards loses no step that
     its resumption will not recompute).
+
+    Data-parallel (`world` of several ranks, every rank calling this with the same arguments): each
+    step takes a global batch of `cfg.batch_size` images per rank (`cfg.lr` times the world size with
+    `cfg.lr_scaling: linear`); each rank draws its own augmentations; rank 0 writes the checkpoints,
+    which hold every rank's RNG state, so a resumed run continues as the uninterrupted one would.
     """
-    device = torch.device(runtime.device)
+    if world.distributed and method.refresh_memory_every:
+        raise DuelError(
+            f"{type(method).__name__} re-encodes its memory with augmentations each rank draws differently, "
+            "so its ranks' memories would diverge; train it with pretrain.nproc_per_node=1"
+        )
+    device = world.device(runtime.device)
     method.to(device)
     augment.to(device)
     if runtime.channels_last:
@@ -152,49 +223,66 @@ def pretrain(
         method.compile_backbones()
     if _data_on_device(dataset, runtime, device):
         dataset.to(device)
-    steps_per_epoch = len(dataset) // cfg.batch_size
+    global_batch = cfg.batch_size * world.size
+    steps_per_epoch = len(dataset) // global_batch
     if steps_per_epoch == 0:
         raise DuelError(
-            f"the training set has {len(dataset)} images, fewer than pretrain.batch_size={cfg.batch_size}; "
-            "lower pretrain.batch_size or raise prepare.n_max"
+            f"the training set has {len(dataset)} images, fewer than pretrain.batch_size={cfg.batch_size} "
+            f"x {world.size} process(es); lower pretrain.batch_size or raise prepare.n_max"
         )
     total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or cfg.epochs * steps_per_epoch)
-    optimizer = torch.optim.SGD(method.param_groups(), lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    lr = cfg.lr * (world.size if cfg.lr_scaling == "linear" else 1)
+    optimizer = torch.optim.SGD(method.param_groups(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total_steps))
-    order = torch.Generator().manual_seed(seed)  # the data order, saved in checkpoints
+    order = torch.Generator().manual_seed(seed)  # the data order, the same on every rank; saved in checkpoints
+    if method.memory is not None:
+        method.memory.seed(seed)  # random eviction: the same draws on every rank
+    if world.distributed:  # each rank its own augmentations (rank 0's weights are broadcast by DDP)
+        seed_everything(rank_seed(seed, world.rank), runtime.device)
 
     start_epoch, history, diagnostics = 0, [], []
     if resume and checkpoint.exists() and (state := _load_checkpoint(checkpoint, config)) is not None:
+        if len(state["rng"]) != world.size:
+            raise DuelError(
+                f"checkpoint {checkpoint} was written by {len(state['rng'])} ranks, not {world.size}; "
+                "resume with as many ranks, or delete it"
+            )
         method.load_state_dict(state["model"])  # weights, memory and per-sample state
         optimizer.load_state_dict(state["optimizer"])
         scheduler.load_state_dict(state["scheduler"])
         order.set_state(state["order"])
-        set_rng_states(state["rng"])
+        set_rng_states(state["rng"][world.rank])
         start_epoch, history, diagnostics = state["epoch"], state["history"], state["diagnostics"]
+    loss_module = data_parallel(method, world, cfg.sync_batchnorm)
 
     method.train()
     epochs = math.ceil(total_steps / steps_per_epoch)
-    for epoch in progress(range(start_epoch, epochs), "pretrain", total=epochs - start_epoch):
+    remaining = range(start_epoch, epochs)
+    for epoch in progress(remaining, "pretrain", total=len(remaining)) if world.is_main else remaining:
         method.on_epoch_start(epoch, epochs)
         tic = time.perf_counter()
-        perm = torch.randperm(len(dataset), generator=order)
-        for batch in dataset.batches(perm, cfg.batch_size, device, runtime.num_workers, drop_last=True):
+        mine = world.shard(torch.randperm(len(dataset), generator=order), cfg.batch_size)
+        for batch in dataset.batches(mine, cfg.batch_size, device, runtime.num_workers, drop_last=True):
             if len(history) == total_steps:
                 break
             lr = scheduler.get_last_lr()[0]
             step = len(history)
-            loss = training_step(method, augment, optimizer, batch, runtime, step, total_steps).item()  # syncs
+            loss = training_step(
+                method, augment, optimizer, batch, runtime, step, total_steps, world, loss_module
+            ).item()  # syncs
             scheduler.step()
             every = method.refresh_memory_every
             if method.memory is not None and every and (step + 1) % every == 0:
                 refresh_memory(method, dataset, augment, cfg.batch_size, runtime)
+            if world.distributed and ((step + 1) % CHECK_EVERY == 0 or step + 1 == total_steps):
+                world.check_same(_shared_state(method), step)
             toc = time.perf_counter()
             record = {
                 "step": step,
                 "epoch": epoch,
                 "loss": loss,
                 "lr": lr,
-                "images_per_s": len(batch.labels) / (toc - tic),
+                "images_per_s": global_batch / (toc - tic),
             }
             if method.memory is not None:
                 record["memory_entropy"] = method.memory.class_entropy(num_classes)
@@ -212,20 +300,35 @@ def pretrain(
             if on_epoch is not None:
                 on_epoch(record)
         if (epoch + 1) % cfg.checkpoint_every == 0 or last:
-            if before_checkpoint is not None:
-                before_checkpoint()
-            save_torch(
-                checkpoint,
-                {
-                    "model": method.state_dict(),
-                    "optimizer": optimizer.state_dict(),
-                    "scheduler": scheduler.state_dict(),
-                    "order": order.get_state(),
-                    "rng": rng_states(),
-                    "epoch": epoch + 1,
-                    "history": history,
-                    "diagnostics": diagnostics,
-                    "config": config,
-                },
-            )
+            rng = world.objects(rng_states())  # every rank takes part; rank 0 writes
+            if world.is_main:
+                if before_checkpoint is not None:
+                    before_checkpoint()
+                save_torch(
+                    checkpoint,
+                    {
+                        "model": method.state_dict(),
+                        "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(),
+                        "order": order.get_state(),
+                        "rng": rng,
+                        "epoch": epoch + 1,
+                        "history": history,
+                        "diagnostics": diagnostics,
+                        "config": config,
+                    },
+                )
     return history, diagnostics
+
+
+def rank_seed(seed: int, rank: int) -> int:
+    """The seed of a data-parallel rank's own RNG streams (augmentation)."""
+    return int(np.random.SeedSequence([seed, rank]).generate_state(1)[0])
+
+
+def _shared_state(method: SSLMethod) -> dict[str, torch.Tensor]:
+    """What every rank must hold identically beyond the weights: the memory and per-sample state."""
+    state = dict(method.sample_state())
+    if method.memory is not None:
+        state |= {"memory keys": method.memory.keys, "memory slots": method.memory.indices}
+    return state

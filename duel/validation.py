@@ -97,6 +97,21 @@ def validate(cfg: StudyConfig) -> None:
     for name in dict.fromkeys([*s.methods, *t.method_kwargs]):  # every method that may run, defaults included
         METHODS[name].parse_params(t.method_kwargs.get(name), f"pretrain.method_kwargs.{name}", t)
     _require(t.checkpoint_every >= 1, "pretrain.checkpoint_every", t.checkpoint_every, "must be >= 1")
+    _require(t.nproc_per_node >= 1, "pretrain.nproc_per_node", t.nproc_per_node, "must be >= 1")
+    _require(t.lr_scaling in ("none", "linear"), "pretrain.lr_scaling", t.lr_scaling, "none or linear")
+    _require(
+        not t.sync_batchnorm or rt.device.startswith("cuda"),
+        "pretrain.sync_batchnorm",
+        t.sync_batchnorm,
+        f"torch's SyncBatchNorm runs on CUDA only, not runtime.device={rt.device}; set it false",
+    )
+    for name in s.methods:
+        _require(
+            t.nproc_per_node == 1 or not METHODS[name].refresh_memory_every,
+            "pretrain.nproc_per_node",
+            t.nproc_per_node,
+            f"1 for {name}: it re-encodes its memory with per-rank augmentations, so ranks would diverge",
+        )
     _require(
         m.size >= t.batch_size,
         "pretrain.memory.size",

@@ -3,19 +3,24 @@ metrics, step log."""
 
 from __future__ import annotations
 
+import contextlib
 import shutil
+import subprocess
+import sys
 import time
 from typing import Annotated
 
 import pandas as pd
 import typer
 
-from duel.config import to_dict
+from duel.config import StudyConfig, to_dict
 from duel.data.augment import ssl_augmentation
 from duel.data.datasets import IndexedImages
 from duel.data.longtail import pretraining_indices
 from duel.data.sources import SourceData
 from duel.diagnostics import summary_metrics
+from duel.distributed import World, launched
+from duel.errors import DuelError
 from duel.methods import DataInfo, build_method
 from duel.train import pretrain as train
 from duel.utils import atomic_path, save_torch, seed_everything, write_json
@@ -60,26 +65,61 @@ def pretrain(
     check_method(method)
     check_imbalance(cfg, imbalance)
     check_train_set(train_set)
-    key = RunKey(method, imbalance, train_set, draw, seed)
-    source, manifest = load_data(cfg, imbalance, draw)
-    indices = pretraining_indices(manifest, train_set, source.train.labels)
+    if cfg.pretrain.nproc_per_node > 1 and not launched():
+        launch_data_parallel(cfg.pretrain.nproc_per_node)
+        return
+    world = World.from_launcher(cfg.runtime.device)
+    try:
+        run_pretraining(cfg, RunKey(method, imbalance, train_set, draw, seed), resume, world)
+    finally:
+        world.close()
+
+
+def launch_data_parallel(nproc: int) -> None:
+    """Run this same command as `nproc` processes under torch's elastic launcher (one machine)."""
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    proc = subprocess.run([*command, "-m", "pipeline", *sys.argv[1:]])
+    if proc.returncode != 0:
+        raise DuelError(
+            f"data-parallel pretraining failed on one of its {nproc} processes (torchrun exit {proc.returncode}; "
+            "its error is above); the last checkpoint is kept, so a rerun with --resume continues from it"
+        )
+
+
+def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -> None:
+    """One run on this process's share of the data; rank 0 alone logs to MLflow and writes the outputs."""
+    source, manifest = load_data(cfg, key.imbalance, key.draw)
+    indices = pretraining_indices(manifest, key.train_set, source.train.labels)
     config = {
         **key.config(),
         "data": to_dict(cfg.data),
         "pretrain": to_dict(cfg.pretrain),
         "manifest_fingerprint": manifest["source_fingerprint"],
         "num_train": len(indices),
+        # What the run was, whichever launcher started it (torchrun over several machines included).
+        "world_size": world.size,
+        "global_batch_size": cfg.pretrain.batch_size * world.size,
     }
 
+    seed = key.seed
     seed_everything(seed, cfg.runtime.device)
     dataset = pretraining_set(source, indices)
-    model = build_method(method, cfg.pretrain, DataInfo(source.channels, len(dataset), source.num_classes))
+    model = build_method(key.method, cfg.pretrain, DataInfo(source.channels, len(dataset), source.num_classes))
     config["memory_policy"] = model.memory_policy
     mean, std = source.channel_stats()
     augment = ssl_augmentation(cfg.pretrain.augment, source.image_size, source.channels, mean, std)
     checkpoint = key.checkpoint
 
-    with StageRun("pretrain", key.stage("pretrain"), config, cfg.tracking.experiment, resume=resume) as run:
+    tracked = StageRun("pretrain", key.stage("pretrain"), config, cfg.tracking.experiment, resume=resume)
+    with tracked if world.is_main else contextlib.nullcontext() as run:
+        logging = {}
+        if run is not None:
+            logging = {
+                "on_step": run.log_step,
+                "on_epoch": lambda record: run.log_step({"step": record["step"], **summary_metrics(record)}, "memory"),
+                "on_method_metrics": lambda record: run.log_step(record, "method"),
+                "before_checkpoint": run.flush,
+            }
         tic = time.perf_counter()
         history, diagnostics = train(
             model,
@@ -92,14 +132,14 @@ def pretrain(
             config=config,
             checkpoint=checkpoint,
             resume=resume,
-            on_step=run.log_step,
             # The LT set's counts for both training sets: a balanced run's diagnostics then name the same
             # head and tail classes as the LT run it is compared with (as the probe's groups do).
             class_counts=manifest["class_counts"],
-            on_epoch=lambda record: run.log_step({"step": record["step"], **summary_metrics(record)}, "memory"),
-            on_method_metrics=lambda record: run.log_step(record, "method"),
-            before_checkpoint=run.flush,
+            world=world,
+            **logging,
         )
+        if run is None:
+            return
         log = pd.DataFrame(history)
         metrics = {
             "final_loss": float(log["loss"].iloc[-1]),

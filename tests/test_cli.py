@@ -8,10 +8,12 @@ from pathlib import Path
 
 import mlflow
 import pytest
+import torch
 import yaml
 
 from pipeline import cli
 from pipeline import pretrain as stage
+from pipeline.common import CHECKPOINTS
 from pipeline.tracking import StageKilled
 from tests.tracking_server import tracking_server
 
@@ -56,6 +58,8 @@ PRETRAIN = ["pretrain", "--method", "moco", "--imbalance", "10", "--seed", "0"]
         (PRETRAIN, {"data": {"source": "cifar"}}, "data.source='cifar' is not allowed"),
         (PRETRAIN, {"pretrain": {"epochs": -1}}, "pretrain.epochs=-1 is not allowed: must be > 0"),
         (PRETRAIN, {"pretrain": {"batch_size": 512}}, "pretrain.memory.size=256 is not allowed"),
+        (PRETRAIN, {"pretrain": {"nproc_per_node": 0}}, "pretrain.nproc_per_node=0 is not allowed: must be >= 1"),
+        (PRETRAIN, {"pretrain": {"sync_batchnorm": True}}, "SyncBatchNorm runs on CUDA only, not runtime.device=cpu"),
         (["prepare", "--imbalance", "0.5"], {"prepare": {"profile": "dominant"}}, "sweep.imbalance=1.0"),
         (
             ["prepare", "--imbalance", "10"],
@@ -243,3 +247,21 @@ def test_a_tracking_server_that_goes_away_mid_stage_fails_it_in_one_line_and_a_r
         logged = sorted(m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss"))
         assert logged == list(range(12))  # none lost to the outage, none twice
     assert (project / "outputs/pretrain/moco-imb10-lt-d0-s0/model.pt").exists()
+
+
+@pytest.mark.slow
+def test_pretrain_with_two_processes_launches_itself_through_torchrun_and_logs_once(project):
+    """`pretrain.nproc_per_node: 2`: the stage runs as 2 gloo ranks; rank 0 alone writes and logs."""
+    set_params(project, "pretrain", nproc_per_node=2, epochs=1)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    for argv in (["prepare", "--imbalance", "10"], ["pretrain", "--method", "dmoco", "--imbalance", "10"]):
+        subprocess.run([sys.executable, "-m", "pipeline", *argv], cwd=project, env=env, check=True, timeout=300)
+    metrics = yaml.safe_load((project / "outputs/pretrain/dmoco-imb10-lt-d0-s0/metrics.json").read_text())
+    num_train = torch.load(project / "outputs/pretrain/dmoco-imb10-lt-d0-s0/model.pt")["config"]["num_train"]
+    assert metrics["steps"] == num_train // 128  # global batch: 64 per process x 2
+    client = mlflow.MlflowClient(os.environ["MLFLOW_TRACKING_URI"])
+    runs = client.search_runs([client.get_experiment_by_name("duel-digits").experiment_id])
+    pretrain = [r for r in runs if r.data.tags["stage"] == "pretrain"]
+    assert len(pretrain) == 1 and pretrain[0].info.status == "FINISHED"
+    assert pretrain[0].data.params["world_size"] == "2" and pretrain[0].data.params["global_batch_size"] == "128"
+    assert not list((project / CHECKPOINTS).glob("*/last.pt"))  # the finished run's checkpoint is gone

@@ -1,0 +1,76 @@
+"""Data-parallel pretraining: torchrun with 2 CPU processes (gloo) on digits, against one process."""
+
+import json
+import subprocess
+import sys
+
+import pytest
+import torch
+
+from duel.distributed import World
+from tests.project_copy import ROOT
+
+pytestmark = pytest.mark.xdist_group("torchrun")  # two ranks of 2 threads each: not beside other torchruns
+
+WORKER = ROOT / "tests" / "ddp_worker.py"
+
+
+def torchrun(nproc, *args, check=True):
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    proc = subprocess.run([*command, str(WORKER), *map(str, args)], capture_output=True, text=True, timeout=300)
+    assert (proc.returncode == 0) == check, proc.stderr[-3000:]
+    return proc
+
+
+def results(out, ranks):
+    return [json.loads((out / f"rank{r}.json").read_text()) for r in range(ranks)]
+
+
+def states(out, ranks):
+    return [torch.load(out / f"state{r}.pt") for r in range(ranks)]
+
+
+def test_a_rank_takes_its_block_of_each_global_batch():
+    order = torch.arange(20)
+    assert World(0, 2).shard(order, 4).tolist() == [0, 1, 2, 3, 8, 9, 10, 11]  # 16 of 20: two global batches
+    assert World(1, 2).shard(order, 4).tolist() == [4, 5, 6, 7, 12, 13, 14, 15]
+    assert World().shard(order, 8).tolist() == list(range(16))
+
+
+@pytest.mark.parametrize("method", ["dmoco", "rmoco"])  # DUEL pushes; random draws from a shared seed
+def test_memories_are_identical_on_both_ranks_after_every_step(tmp_path, method):
+    torchrun(2, "train", method, tmp_path)
+    rank0, rank1 = results(tmp_path, 2)
+    assert len(rank0["hashes"]) == 3 * (128 // 16) and rank0["hashes"] == rank1["hashes"]
+    assert len(set(rank0["hashes"])) == len(rank0["hashes"])  # the memory changed at every step
+    assert rank0["final"] == rank1["final"]  # weights, key encoder and memory alike
+    assert rank0["losses"] == rank1["losses"]  # the global mean, reported by every rank
+
+
+def test_a_killed_two_rank_run_resumes_to_the_uninterrupted_result(tmp_path):
+    full, cut = tmp_path / "full", tmp_path / "cut"
+    torchrun(2, "train", "dmoco", full)
+    proc = torchrun(2, "train", "dmoco", cut, "--die-at", 12, check=False)  # rank 1 SIGKILLed in epoch 2
+    assert "Signals.SIGKILL" in proc.stderr or "SIGKILL" in proc.stderr
+    assert torch.load(cut / "last.pt", weights_only=False)["epoch"] == 1
+    torchrun(2, "train", "dmoco", cut, "--resume")
+    assert results(cut, 2)[0]["losses"] == results(full, 2)[0]["losses"]
+    resumed, uninterrupted = states(cut, 1)[0], states(full, 1)[0]
+    for key, value in uninterrupted.items():
+        assert torch.equal(resumed[key], value), key
+
+
+@pytest.mark.parametrize("method", ["dmoco", "dsimclr"])  # memory negatives; batch and memory negatives
+def test_two_ranks_compute_what_one_process_computes_on_the_global_batch(tmp_path, method):
+    """Same global batches and views: the losses, the weights after each SGD step and the memory agree
+    (DDP's gradient averaging, SimCLR's negatives gathered across ranks, memory pushes in rank order)."""
+    one, two = tmp_path / "one", tmp_path / "two"
+    subprocess.run([sys.executable, str(WORKER), "steps", method, one], check=True, timeout=300)
+    torchrun(2, "steps", method, two)
+    single, (rank0, rank1) = results(one, 1)[0], results(two, 2)
+    assert rank0["losses"] == rank1["losses"]
+    torch.testing.assert_close(torch.tensor(rank0["losses"]), torch.tensor(single["losses"]))
+    reference, (state0, state1) = states(one, 1)[0], states(two, 2)
+    for key, value in reference.items():
+        assert torch.equal(state0[key], state1[key]), key
+        torch.testing.assert_close(state0[key], value, msg=key)
