@@ -19,8 +19,9 @@ test: setup
 	ruff format --check .
 	pytest
 
+# Prints the address of the study's runs table, then serves the UI there.
 ui: setup
-	mlflow ui --backend-store-uri sqlite:///$(CURDIR)/mlflow.db
+	python -m pipeline ui
 
 # A tracking server over the same store, for several `dvc queue` workers at once (README, MLflow).
 server: setup

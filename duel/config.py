@@ -151,6 +151,7 @@ class RuntimeConfig:
     channels_last: bool = False
     compile: bool = False  # torch.compile the backbones
     data_on_device: bool | None = None  # hold the uint8 training set on the device; null: when CUDA and <= 96 px
+    cache_dir: str | None = "~/.cache/duel"  # decoded sources the stages share (duel/data/cache.py); null: off
 
 
 @dataclass(frozen=True)

@@ -12,7 +12,7 @@ from duel.errors import DuelError
 from pipeline.tracking import StageKilled
 
 STAGES = ("prepare", "pretrain", "probe", "report")
-COMMANDS = {**{stage: f"pipeline.{stage}" for stage in STAGES}, "use-profile": "pipeline.profiles"}
+COMMANDS = {**{stage: f"pipeline.{stage}" for stage in STAGES}, "use-profile": "pipeline.profiles", "ui": "pipeline.ui"}
 
 
 def build_app(only: str | None = None) -> typer.Typer:

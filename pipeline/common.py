@@ -12,8 +12,9 @@ import typer
 import yaml
 
 from duel.config import TRAIN_SETS, StudyConfig
+from duel.data.cache import cached_source
 from duel.data.longtail import check_manifest
-from duel.data.sources import SourceData, load_source
+from duel.data.sources import SourceData
 from duel.errors import ConfigError, DuelError
 from duel.validation import parse_config, validate_imbalance
 
@@ -92,6 +93,10 @@ class RunKey:
         """The DVC stage of this run, e.g. pretrain@dmoco-100-lt-0-0 (matrix keys in dvc.yaml's order)."""
         return stage_name(stage, self.method, setting(self.imbalance), self.train_set, self.draw, self.seed)
 
+    def training_set(self, source: str) -> str:
+        """The name of the images this run pretrains on, e.g. digits-imb100-lt-d0 (its MLflow dataset input)."""
+        return f"{source}-imb{setting(self.imbalance)}-{self.train_set}-d{self.draw}"
+
     @property
     def pretrain_dir(self) -> Path:
         return OUTPUTS / "pretrain" / self.name
@@ -134,6 +139,6 @@ def read_json(path: Path, produced_by: str) -> Any:
 def load_data(cfg: StudyConfig, imbalance: float, draw: int) -> tuple[SourceData, dict[str, Any]]:
     """The source and the manifest of one imbalance setting and LT draw, checked against each other."""
     manifest = read_json(manifest_path(imbalance, draw), stage_name("prepare", setting(imbalance), draw))
-    source = load_source(cfg.data, cfg.runtime)
+    source = cached_source(cfg.data, cfg.runtime)
     check_manifest(manifest, source)
     return source, manifest

@@ -3,8 +3,8 @@
 from __future__ import annotations
 
 from duel.config import to_dict
+from duel.data.cache import cached_source
 from duel.data.longtail import build_manifest
-from duel.data.sources import load_source
 from duel.utils import write_json
 from pipeline.common import (
     PARAMS,
@@ -28,7 +28,7 @@ def prepare(
     """Build the manifest (validation split, pool, LT subset, its balanced match, counts, source fingerprint)."""
     cfg = load_params(params)
     check_imbalance(cfg, imbalance)
-    source = load_source(cfg.data, cfg.runtime)
+    source = cached_source(cfg.data, cfg.runtime)
     manifest = build_manifest(source, cfg.data, cfg.prepare, imbalance, draw)
     config = {"data": to_dict(cfg.data), "prepare": to_dict(cfg.prepare), "imbalance": imbalance, "draw": draw}
     metrics = {"num_train": manifest["num_train"], "num_val": len(manifest["val_indices"])}

@@ -38,6 +38,7 @@ from pipeline.common import (
     check_train_set,
     load_data,
     load_params,
+    manifest_path,
 )
 from pipeline.tracking import StageRun
 
@@ -102,7 +103,7 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
     }
 
     seed = key.seed
-    seed_everything(seed, cfg.runtime.device)
+    seed_everything(seed, cfg.runtime.device, cfg.runtime.compile)
     dataset = pretraining_set(source, indices)
     model = build_method(key.method, cfg.pretrain, DataInfo(source.channels, len(dataset), source.num_classes))
     config["memory_policy"] = model.memory_policy
@@ -114,6 +115,9 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
     with tracked if world.is_main else contextlib.nullcontext() as run:
         logging = {}
         if run is not None:
+            labels = dataset.labels.numpy()
+            where = manifest_path(key.imbalance, key.draw)
+            run.log_dataset(key.training_set(source.name), dataset.indices.numpy(), labels, where, "training")
             logging = {
                 "on_step": run.log_step,
                 "on_epoch": lambda record: run.log_step({"step": record["step"], **summary_metrics(record)}, "memory"),

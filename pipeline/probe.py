@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import time
 from pathlib import Path
 from typing import Any
 
@@ -96,7 +97,9 @@ def probe(
     source, manifest = load_data(cfg, imbalance, draw)
     encoder, normalize = load_encoder(key)
 
+    tic = time.perf_counter()
     metrics, test = probe_encoder(encoder, normalize, source, manifest, cfg)
+    metrics["probe_seconds"] = time.perf_counter() - tic  # benchmarks/repro.py: compute vs. overhead
     config = {**key.config(), "probe": to_dict(pc)}
     with StageRun("probe", key.stage("probe"), config, cfg.tracking.experiment) as run:
         out = key.probe_dir

@@ -27,6 +27,9 @@ from duel.config import config_hash, flatten
 from duel.errors import DuelError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
+# MLflow 3's UI opens an untagged experiment in its GenAI tracing view ("Traces: 0"); this tag makes it open
+# on the runs table of a model-training experiment.
+EXPERIMENT_KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
 STEP_FLUSH = 200  # per-step metrics are sent in batches: one SQLite write per 200 steps, not per step
 
 
@@ -124,11 +127,15 @@ class StageRun:
 
         experiment = self.client.get_experiment_by_name(self.experiment)
         if experiment is not None:
+            if experiment.tags.get(EXPERIMENT_KIND) != TRAINING:  # made by an older version of this pipeline
+                self.client.set_experiment_tag(experiment.experiment_id, EXPERIMENT_KIND, TRAINING)
             return experiment.experiment_id
         # Artifacts beside the default store, not in ./mlruns of whatever directory ran first.
         location = (project_root() / "mlartifacts").as_uri() if local else None
         try:
-            return self.client.create_experiment(self.experiment, artifact_location=location)
+            return self.client.create_experiment(
+                self.experiment, artifact_location=location, tags={EXPERIMENT_KIND: TRAINING}
+            )
         except MlflowException as exc:
             # Two workers on one tracking server both found no experiment and both created it: the later is
             # refused, and uses the one the other made.
@@ -192,6 +199,20 @@ class StageRun:
 
         with self._server_calls():
             mlflow.log_artifact(str(path), folder)
+
+    def log_dataset(self, name: str, indices: Any, labels: Any, manifest: Path, context: str) -> None:
+        """A set of source images as the run's MLflow dataset input (the runs table's Datasets column): its
+        indices into the source's train split and their labels, digested by MLflow, with the manifest as source."""
+        import mlflow
+        import mlflow.data
+        from mlflow.data.dataset_source_registry import get_registered_sources
+
+        # MLflow registers two local-file source classes (schemes "" and "file") and warns that any path is
+        # ambiguous between them; naming the class avoids the warning.
+        local = next(s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource")
+        dataset = mlflow.data.from_numpy(indices, targets=labels, name=name, source=local(str(manifest)))
+        with self._server_calls():
+            mlflow.log_input(dataset, context=context)
 
     def log_arrays(self, name: str, arrays: dict[str, Any]) -> None:
         """Arrays as one compressed `.npz` artifact of the run (nothing is written to the project)."""

@@ -90,6 +90,11 @@ def test_every_stage_instance_is_one_mlflow_run_with_its_metrics(study):
     curve = sorted(client.get_metric_history(pretrain.info.run_id, "train/memory_entropy"), key=lambda m: m.step)
     assert curve[-1].value == pytest.approx(pretrain.data.metrics["memory_entropy"])
     assert pretrain.data.params["pretrain.memory.size"] == "64"
+    (training,) = client.get_run(pretrain.info.run_id).inputs.dataset_inputs  # the runs table's Datasets column
+    manifest = json.loads((root / "outputs/prepare/imb10-d0/manifest.json").read_text())
+    assert training.dataset.name == "digits-imb10-lt-d0"
+    assert json.loads(training.dataset.profile)["features_size"] == manifest["num_train"]
+    assert client.get_experiment_by_name("e2e").tags["mlflow.experimentKind"] == "custom_model_development"
     artifacts = {a.path for a in client.list_artifacts(pretrain.info.run_id)}
     assert {"config.json", "metrics.json", "train_log.csv"} <= artifacts
     figures = {a.path for a in client.list_artifacts(by_name["report"].info.run_id, "figures")}

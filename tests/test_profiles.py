@@ -137,13 +137,15 @@ def test_paper_profile_smoke_run_through_dvc_repro(tmp_path, profile):
 
 
 @pytest.mark.slow
-def test_digits_baselines_profile_runs_all_seven_methods_and_the_lt_heads(tmp_path):
-    """The embedded long-tailed baselines study through `dvc repro`, shortened to 2 epochs."""
+def test_digits_baselines_profile_runs_the_lt_methods_and_the_lt_heads(tmp_path):
+    """The embedded long-tailed baselines study through `dvc repro`, shortened to 2 epochs and to the methods
+    the e2e study does not run (moco and dmoco run there; every method's loss is unit-tested)."""
     env = copy_project(tmp_path)
-    use_profile(tmp_path, env, "digits_baselines", "--set", "pretrain.epochs=2", "--set", "probe.head_epochs=20")
+    methods = ["simclr", "sdclr", "bcl", "gh"]
+    short = [f"sweep.methods=[{', '.join(methods)}]", "pretrain.epochs=2", "probe.head_epochs=20"]
+    use_profile(tmp_path, env, "digits_baselines", *(arg for s in short for arg in ("--set", s)))
     commit_all(tmp_path, env, "baselines")
     dvc(tmp_path, env, "repro")
-    methods = ["moco", "dmoco", "simclr", "dsimclr", "sdclr", "bcl", "gh"]
     table = pd.read_csv(tmp_path / "reports/linear_top1.csv", index_col="method")
     assert list(table.index) == methods and table.notna().all().all()
     heads = pd.read_csv(tmp_path / "reports/lt_heads.csv", index_col="method / head")

@@ -1,9 +1,17 @@
+import json
+import os
 import re
+import signal
+import socket
 import subprocess
 import sys
+import time
+import urllib.request
 from pathlib import Path
 
 import mlflow
+import numpy as np
+import pytest
 import yaml
 
 from pipeline import tracking
@@ -41,6 +49,8 @@ def test_run_names_match_the_dvc_matrix_and_its_output_paths():
 # One stage's MLflow work, as a stage process does it.
 STAGE = """
 import sys
+import time
+import urllib.request
 from pipeline.tracking import StageRun
 with StageRun("prepare", f"prepare@{sys.argv[1]}", {"i": sys.argv[1]}, "first-use") as run:
     run.log_metrics({"x": 1.0})
@@ -81,3 +91,51 @@ def test_an_experiment_another_worker_creates_first_is_used_not_an_error(tmp_pat
     experiment = other_worker.get_experiment_by_name("race")
     runs = other_worker.search_runs([experiment.experiment_id])
     assert [r.info.run_name for r in runs] == ["prepare@1-0"] and runs[0].info.status == "FINISHED"
+
+
+def test_the_experiment_opens_as_model_training_and_runs_carry_their_training_set(tmp_path, monkeypatch):
+    """MLflow 3's UI shows an untagged experiment as a GenAI one (its traces view); the runs table's Datasets
+    column lists each run's dataset inputs."""
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    client = mlflow.MlflowClient(uri)
+    client.create_experiment("older")  # made before the tag existed: tagged on next use
+    for experiment in ("older", "new"):
+        with tracking.StageRun("pretrain", "pretrain@moco-10-lt-0-0", {"i": 1}, experiment) as run:
+            for _ in range(2):  # a resumed run logs it again: still one input
+                run.log_dataset(
+                    "digits-imb10-lt-d0", np.array([3, 8, 9]), np.array([0, 1, 1]), Path("m.json"), "training"
+                )
+        assert client.get_experiment_by_name(experiment).tags[tracking.EXPERIMENT_KIND] == "custom_model_development"
+    inputs = client.get_run(run.run.info.run_id).inputs.dataset_inputs
+    assert len(inputs) == 1 and inputs[0].dataset.name == "digits-imb10-lt-d0"
+    assert [(t.key, t.value) for t in inputs[0].tags] == [("mlflow.data.context", "training")]
+    assert json.loads(inputs[0].dataset.profile)["features_size"] == 3
+    assert json.loads(inputs[0].dataset.source) == {"uri": "m.json"}
+
+
+@pytest.mark.slow
+def test_make_ui_prints_the_runs_table_and_serves_it(tmp_path):
+    env = copy_project(tmp_path)
+    setup = "from pipeline.tracking import StageRun\nwith StageRun('report', 'report', {}, 'duel-digits'): pass"
+    subprocess.run([sys.executable, "-c", setup], cwd=tmp_path, env=env, check=True, capture_output=True)
+    experiment = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("duel-digits")
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [sys.executable, "-m", "pipeline", "ui", "--port", str(port)]
+    ui = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        line = ui.stdout.readline().strip()
+        url = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs"
+        assert line == f"MLflow runs of duel-digits: {url}"
+        deadline = time.monotonic() + 60
+        while tracking.unreachable(f"http://127.0.0.1:{port}"):
+            assert ui.poll() is None and time.monotonic() < deadline, "mlflow ui did not start"
+            time.sleep(0.5)
+        api = f"http://127.0.0.1:{port}/api/2.0/mlflow/experiments/get?experiment_id={experiment.experiment_id}"
+        with urllib.request.urlopen(api, timeout=10) as reply:  # the UI serves the store the URL points into
+            assert json.load(reply)["experiment"]["name"] == "duel-digits"
+    finally:
+        os.killpg(ui.pid, signal.SIGKILL)
+        ui.wait(timeout=30)
