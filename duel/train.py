@@ -238,7 +238,7 @@ def pretrain(
     if method.memory is not None:
         method.memory.seed(seed)  # random eviction: the same draws on every rank
     if world.distributed:  # each rank its own augmentations (rank 0's weights are broadcast by DDP)
-        seed_everything(rank_seed(seed, world.rank), runtime.device, runtime.compile)
+        seed_everything(rank_seed(seed, world.rank), runtime.device)
 
     start_epoch, history, diagnostics = 0, [], []
     if resume and checkpoint.exists() and (state := _load_checkpoint(checkpoint, config)) is not None:

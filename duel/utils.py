@@ -18,18 +18,12 @@ import torch
 T = TypeVar("T")
 
 
-def seed_everything(seed: int, device: str = "cpu", compiled: bool = False) -> None:
+def seed_everything(seed: int, device: str = "cpu") -> None:
     random.seed(seed)
     np.random.seed(seed)
     torch.manual_seed(seed)
-    if device != "cpu":
-        return
-    if compiled:
-        torch.use_deterministic_algorithms(True)  # also sets inductor's flag for the compiled kernels
-    else:
-        # The public call imports all of torch._inductor (about 1.8 s of every pretrain stage's start) just to
-        # set inductor's flag; eager kernels read only this one.
-        torch._C._set_deterministic_algorithms(True)
+    if device == "cpu":
+        torch.use_deterministic_algorithms(True)
 
 
 def rng_states() -> dict[str, Any]:

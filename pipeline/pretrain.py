@@ -103,7 +103,7 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
     }
 
     seed = key.seed
-    seed_everything(seed, cfg.runtime.device, cfg.runtime.compile)
+    seed_everything(seed, cfg.runtime.device)
     dataset = pretraining_set(source, indices)
     model = build_method(key.method, cfg.pretrain, DataInfo(source.channels, len(dataset), source.num_classes))
     config["memory_policy"] = model.memory_policy
