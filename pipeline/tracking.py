@@ -27,8 +27,8 @@ from duel.config import config_hash, flatten
 from duel.errors import DuelError
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
-# MLflow 3's UI opens an untagged experiment in its GenAI tracing view ("Traces: 0"); this tag makes it open
-# on the runs table of a model-training experiment.
+# MLflow's own record that the experiment holds model-training runs, not GenAI traces (the UI's mode itself is
+# set by the address `python -m pipeline ui` prints: pipeline/ui.py).
 EXPERIMENT_KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
 STEP_FLUSH = 200  # per-step metrics are sent in batches: one SQLite write per 200 steps, not per step
 

@@ -15,8 +15,14 @@ PortOption = Annotated[int, typer.Option(help="port of the UI on 127.0.0.1")]
 
 
 def runs_url(base: str, experiment_id: str | None) -> str:
-    """The runs table of the experiment (MLflow's UI routes after '#'), or the experiment list without one."""
-    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs" if experiment_id else base
+    """The runs table of the experiment (MLflow's UI routes after '#'), or the experiment list without one.
+
+    MLflow 3.17's UI starts in its GenAI mode (an experiment opens on "Traces: 0") whatever the experiment's
+    mlflow.experimentKind tag says; the workflowType parameter switches it to model training, and the UI
+    remembers the choice in the browser."""
+    if not experiment_id:
+        return base
+    return f"{base.rstrip('/')}/#/experiments/{experiment_id}/runs?workflowType=machine_learning"
 
 
 def ui(port: PortOption = 5000, params: ParamsOption = PARAMS) -> None:

@@ -127,7 +127,7 @@ def test_make_ui_prints_the_runs_table_and_serves_it(tmp_path):
     ui = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:
         line = ui.stdout.readline().strip()
-        url = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs"
+        url = f"http://127.0.0.1:{port}/#/experiments/{experiment.experiment_id}/runs?workflowType=machine_learning"
         assert line == f"MLflow runs of duel-digits: {url}"
         deadline = time.monotonic() + 60
         while tracking.unreachable(f"http://127.0.0.1:{port}"):
