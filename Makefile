@@ -6,7 +6,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	# --no-compile: Python compiles the modules a run imports when it first imports them, not all of
+	# torch's and MLflow's thousands ahead of time.
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-compile -e '.[dev]'
 	touch $@
 
 setup: $(VENV)/.installed
