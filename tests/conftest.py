@@ -17,6 +17,12 @@ def pytest_configure(config):
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
 
 
+def pytest_collection_modifyitems(config, items):
+    """Longest first, so no worker starts a long test while the others run out of work: the xdist groups
+    (a chain of tests on one study, on one worker), then the other slow tests, then the rest."""
+    items.sort(key=lambda item: (not item.get_closest_marker("xdist_group"), not item.get_closest_marker("slow")))
+
+
 @pytest.fixture
 def tiny_source() -> SourceData:
     """40 random 8x8 grey images per class for 3 classes; a test split of 10 per class."""

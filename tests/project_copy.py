@@ -1,4 +1,4 @@
-"""A committed copy of the project in a temporary folder, for `dvc repro` runs that leave this checkout alone."""
+"""A committed copy of the project in a temporary folder, for study runs that leave this checkout alone."""
 
 from __future__ import annotations
 
@@ -19,6 +19,11 @@ def sh(args: list[str], cwd: Path, env: dict[str, str]) -> str:
 
 def dvc(cwd: Path, env: dict[str, str], *args: str) -> str:
     return sh([sys.executable, "-m", "dvc", *args], cwd, env)
+
+
+def run_stages(cwd: Path, env: dict[str, str]) -> str:
+    """Every stage of the copy's study in one process (tests/stages_in_process.py), instead of `dvc repro`."""
+    return sh([sys.executable, "-m", "tests.stages_in_process"], cwd, env)
 
 
 def copy_project(root: Path) -> dict[str, str]:

@@ -1,5 +1,5 @@
-"""The versioned paper profiles: applied with one command, and each run end to end (`--smoke`) by `dvc repro`
-on tiny data written in its source's real on-disk format."""
+"""The versioned paper profiles: applied with one command, and each run end to end (`--smoke`: every stage
+dvc.yaml expands from it, in one process) on tiny data written in its source's real on-disk format."""
 
 import itertools
 import json
@@ -16,7 +16,7 @@ from duel.methods import METHODS
 from duel.validation import parse_config
 from pipeline.profiles import smallest_n_max
 from tests.fake_data import write_cifar10, write_cifar100, write_image_folder, write_image_list_tree, write_stl10
-from tests.project_copy import ROOT, commit_all, copy_project, dvc, sh
+from tests.project_copy import ROOT, commit_all, copy_project, run_stages, sh
 
 PAPER_PROFILES = [
     "cifar10_dominant",
@@ -109,7 +109,7 @@ def write_source(profile, data):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("profile", PAPER_PROFILES)
-def test_paper_profile_smoke_run_through_dvc_repro(tmp_path, profile):
+def test_paper_profile_smoke_runs_every_stage(tmp_path, profile):
     root, data = tmp_path / "project", tmp_path / "data"
     root.mkdir()
     env = copy_project(root)
@@ -118,7 +118,7 @@ def test_paper_profile_smoke_run_through_dvc_repro(tmp_path, profile):
     own_copy = ("--set", "runtime.verify_checksums=false")
     use_profile(root, env, profile, "--smoke", "--set", f"runtime.data_root={data}", *own_copy)
     commit_all(root, env, f"{profile} smoke")
-    dvc(root, env, "repro")
+    run_stages(root, env)
 
     sweep = yaml.safe_load((root / "params.yaml").read_text())["sweep"]
     setting = f"{sweep['imbalance'][0]:g}"
@@ -138,7 +138,7 @@ def test_paper_profile_smoke_run_through_dvc_repro(tmp_path, profile):
 
 @pytest.mark.slow
 def test_digits_baselines_profile_runs_the_lt_methods_and_the_lt_heads(tmp_path):
-    """The embedded long-tailed baselines study through `dvc repro`, shortened to 2 epochs and to the three
+    """The embedded long-tailed baselines study, every stage, shortened to 2 epochs and to the three
     long-tailed methods (moco and dmoco run in the e2e study, simclr in the balance one; every method's loss
     is unit-tested)."""
     env = copy_project(tmp_path)
@@ -146,7 +146,7 @@ def test_digits_baselines_profile_runs_the_lt_methods_and_the_lt_heads(tmp_path)
     short = [f"sweep.methods=[{', '.join(methods)}]", "pretrain.epochs=2", "probe.head_epochs=20"]
     use_profile(tmp_path, env, "digits_baselines", *(arg for s in short for arg in ("--set", s)))
     commit_all(tmp_path, env, "baselines")
-    dvc(tmp_path, env, "repro")
+    run_stages(tmp_path, env)
     table = pd.read_csv(tmp_path / "reports/linear_top1.csv", index_col="method")
     assert list(table.index) == methods and table.notna().all().all()
     heads = pd.read_csv(tmp_path / "reports/lt_heads.csv", index_col="method / head")
@@ -162,12 +162,12 @@ def test_digits_baselines_profile_runs_the_lt_methods_and_the_lt_heads(tmp_path)
 
 @pytest.mark.slow
 def test_digits_balance_profile_builds_the_balanced_vs_lt_table(tmp_path):
-    """The D_b vs D_i study through `dvc repro`, shortened to one method, two LT draws and 3 epochs."""
+    """The D_b vs D_i study, every stage, shortened to one method, two LT draws and 3 epochs."""
     env = copy_project(tmp_path)
     short = ["sweep.methods=[simclr]", "sweep.draws=[0, 1]", "pretrain.epochs=3"]
     use_profile(tmp_path, env, "digits_balance", *(arg for s in short for arg in ("--set", s)))
     commit_all(tmp_path, env, "balance")
-    dvc(tmp_path, env, "repro")
+    run_stages(tmp_path, env)
 
     table = pd.read_csv(tmp_path / "reports/balanced_vs_lt.csv", index_col="method / pretraining set / probe")
     sets = {"balanced": "D_b (balanced)", "lt": "D_i (long-tailed)"}
