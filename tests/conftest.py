@@ -18,9 +18,11 @@ def pytest_configure(config):
 
 
 def pytest_collection_modifyitems(config, items):
-    """Longest first, so no worker starts a long test while the others run out of work: the xdist groups
-    (a chain of tests on one study, on one worker), then the other slow tests, then the rest."""
-    items.sort(key=lambda item: (not item.get_closest_marker("xdist_group"), not item.get_closest_marker("slow")))
+    """The e2e study's tests first: they run in order on one worker, the suite's longest chain, one stage
+    process at a time. The rest keep their order, which spreads the tests that start several processes
+    (queue workers, torchrun ranks, tracking servers) among light ones: sorted together, all slow tests
+    first, they ran beside each other and the suite took longer (28.6 min instead of 27.4, 2-core machine)."""
+    items.sort(key=lambda item: "e2e_study" not in {m.args[0] for m in item.iter_markers("xdist_group")})
 
 
 @pytest.fixture

@@ -36,7 +36,10 @@ def tracking_server(folder: Path, start_within: float = 90.0) -> Iterator[tuple[
         "--workers",
         "1",
     ]
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+    env = {**os.environ, "MLFLOW_SERVER_ENABLE_JOB_EXECUTION": "false"}  # as `make server` runs it
+    server = subprocess.Popen(
+        command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True
+    )
     uri = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + start_within
