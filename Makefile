@@ -6,9 +6,9 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
-	# --no-compile: Python compiles the modules a run imports when it first imports them, not all of
-	# torch's and MLflow's thousands ahead of time.
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-compile -e '.[dev]'
+	# pip compiles every module now (not --no-compile): where PYTHONDONTWRITEBYTECODE is set, as on the
+	# reference and CI machines, Python never writes a .pyc itself, and every stage would compile its imports.
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
 	touch $@
 
 setup: $(VENV)/.installed
