@@ -26,7 +26,7 @@ ui: setup
 	python -m pipeline ui
 
 # A tracking server over the same store, for several `dvc queue` workers at once (README, MLflow).
-# Without MLflow's GenAI job runners: six processes that each import MLflow, for jobs no stage submits.
+# Without MLflow's GenAI job runners: 8 more processes that each import MLflow, for jobs no stage submits.
 server: setup
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --artifacts-destination $(CURDIR)/mlartifacts \
 		--host 127.0.0.1 --port 5000

@@ -38,7 +38,7 @@ def ui(port: PortOption = 5000, params: ParamsOption = PARAMS) -> None:
     note = "" if experiment_id else f" (no experiment {name!r} yet: run `dvc repro` first)"
     print(f"MLflow runs of {name}: {runs_url(base, experiment_id)}{note}", flush=True)
     if not is_server(uri):  # a tracking server serves its own UI
-        # MLflow's GenAI job runners (six processes, each importing MLflow) serve jobs no stage submits.
+        # MLflow's GenAI job runners (8 more processes, each importing MLflow) serve jobs no stage submits.
         os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
         command = [sys.executable, "-m", "mlflow", "ui", "--backend-store-uri", uri, "--host", "127.0.0.1"]
         os.execv(sys.executable, [*command, "--port", str(port)])

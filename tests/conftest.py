@@ -20,8 +20,8 @@ def pytest_configure(config):
 def pytest_collection_modifyitems(config, items):
     """The e2e study's tests first: they run in order on one worker, the suite's longest chain, one stage
     process at a time. The rest keep their order, which spreads the tests that start several processes
-    (queue workers, torchrun ranks, tracking servers) among light ones: sorted together, all slow tests
-    first, they ran beside each other and the suite took longer (28.6 min instead of 27.4, 2-core machine)."""
+    (queue workers, torchrun ranks, tracking servers) among light ones: with all slow tests first, they ran
+    beside each other and slowed each other down (seen in a CI run on the 2-core machine)."""
     items.sort(key=lambda item: "e2e_study" not in {m.args[0] for m in item.iter_markers("xdist_group")})
 
 

@@ -4,7 +4,8 @@ dvc.yaml declares for it.
 
 The profile smoke tests run this instead of `dvc repro`: a stage process spends about 8 s starting
 (torch, torchvision, MLflow) for well under a second of smoke-sized work, and a profile's study has 6 to
-11 stages. `dvc repro` itself, with its lock, cache and reruns, is tested on the default study.
+11 stages. `dvc repro` itself, with its lock, cache, reruns and remote, is tested on a tiny digits study
+(test_pipeline_e2e.py).
 
 Usage: `python -m tests.stages_in_process` from the project root.
 """
