@@ -2,6 +2,7 @@
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -265,3 +266,27 @@ def test_pretrain_with_two_processes_launches_itself_through_torchrun_and_logs_o
     assert len(pretrain) == 1 and pretrain[0].info.status == "FINISHED"
     assert pretrain[0].data.params["world_size"] == "2" and pretrain[0].data.params["global_batch_size"] == "128"
     assert not list((project / CHECKPOINTS).glob("*/last.pt"))  # the finished run's checkpoint is gone
+
+    # Several machines, as the README starts them: one launcher per node meeting at a c10d rendezvous
+    # endpoint (two launchers on 127.0.0.1 here). The stage joins their process group instead of launching
+    # its own, and trains the same bytes: the same 2 ranks, shards and per-rank augmentation streams.
+    model = project / "outputs/pretrain/dmoco-imb10-lt-d0-s0/model.pt"
+    one_launcher = model.read_bytes()
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1"]
+    launcher += ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-machines"]
+    command = [*launcher, "-m", "pipeline", "pretrain", "--method", "dmoco", "--imbalance", "10"]
+    nodes = [
+        subprocess.Popen(command, cwd=project, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT) for _ in "ab"
+    ]
+    try:
+        logs = [node.communicate(timeout=300)[0].decode()[-2000:] for node in nodes]
+    finally:
+        for node in nodes:
+            node.kill()
+    assert [node.returncode for node in nodes] == [0, 0], logs
+    assert model.read_bytes() == one_launcher
+    runs = client.search_runs([client.get_experiment_by_name("duel-digits").experiment_id])
+    assert sorted(r.data.params.get("world_size") for r in runs if r.data.tags["stage"] == "pretrain") == ["2", "2"]
