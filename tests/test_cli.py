@@ -251,8 +251,9 @@ def test_a_tracking_server_that_goes_away_mid_stage_fails_it_in_one_line_and_a_r
 
 
 @pytest.mark.slow
-def test_pretrain_with_two_processes_launches_itself_through_torchrun_and_logs_once(project):
-    """`pretrain.nproc_per_node: 2`: the stage runs as 2 gloo ranks; rank 0 alone writes and logs."""
+def test_pretrain_on_two_ranks_launched_by_the_stage_or_by_two_machines_logs_once_and_trains_alike(project):
+    """`pretrain.nproc_per_node: 2`: the stage runs as 2 gloo ranks; rank 0 alone writes and logs. Then the same
+    run as two machines start it."""
     set_params(project, "pretrain", nproc_per_node=2, epochs=1)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     for argv in (["prepare", "--imbalance", "10"], ["pretrain", "--method", "dmoco", "--imbalance", "10"]):
