@@ -11,6 +11,7 @@ from __future__ import annotations
 import math
 import sys
 import time
+import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -60,9 +61,13 @@ def data_parallel(method: SSLMethod, world: World, sync_batchnorm: bool = False)
     if sync_batchnorm:
         nn.SyncBatchNorm.convert_sync_batchnorm(method)
     device = next(method.parameters()).device
-    return DistributedDataParallel(
-        loss, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False
-    )
+    with warnings.catch_warnings():
+        # torch 2.14 calls broadcast_buffers deprecated, yet its own message says to keep it False while
+        # buffers must stay rank-local (BatchNorm statistics here) until its replacement exists.
+        warnings.filterwarnings("ignore", "`broadcast_buffers` is deprecated", FutureWarning)
+        return DistributedDataParallel(
+            loss, device_ids=[device] if device.type == "cuda" else None, broadcast_buffers=False
+        )
 
 
 def _global_output(output: StepOutput, world: World) -> StepOutput:
