@@ -62,7 +62,7 @@ def timed(fn: Callable[..., Any], seconds: list[float]) -> Callable[..., Any]:
 
 
 def worker(args: argparse.Namespace) -> None:
-    """One run (one process, or one rank under the launcher); rank 0 writes the medians to args.out."""
+    """One run (one process, or one rank under the launcher); rank 0 writes the medians to args.worker."""
     world = TimedWorld.from_launcher("cpu")
     torch.set_num_threads(max(1, (os.cpu_count() or 1) // world.size))
     per_rank = args.batch // world.size
@@ -94,7 +94,7 @@ def worker(args: argparse.Namespace) -> None:
     if world.is_main:
         medians = {name: statistics.median(v) for name, v in (("step", steps), ("gather", gathers))}
         medians["update"] = statistics.median(updates[args.warmup :])
-        args.out.write_text(json.dumps({**medians, "threads": torch.get_num_threads()}))
+        args.worker.write_text(json.dumps({**medians, "threads": torch.get_num_threads()}))
     world.close()
 
 
@@ -119,7 +119,7 @@ def main() -> None:
     parser.add_argument("--worker", type=Path, help=argparse.SUPPRESS)  # set when the script runs itself
     args = parser.parse_args()
     if args.worker:
-        worker(argparse.Namespace(**{**vars(args), "out": args.worker}))
+        worker(args)
         return
     if args.batch % args.nproc:
         parser.error(f"--batch {args.batch} is not divisible by --nproc {args.nproc}")

@@ -2,7 +2,6 @@
 
 import os
 import signal
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -16,6 +15,7 @@ from pipeline import cli
 from pipeline import pretrain as stage
 from pipeline.common import CHECKPOINTS
 from pipeline.tracking import StageKilled
+from tests.project_copy import free_port
 from tests.tracking_server import tracking_server
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -273,9 +273,7 @@ def test_pretrain_on_two_ranks_launched_by_the_stage_or_by_two_machines_logs_onc
     # its own, and trains the same bytes: the same 2 ranks, shards and per-rank augmentation streams.
     model = project / "outputs/pretrain/dmoco-imb10-lt-d0-s0/model.pt"
     one_launcher = model.read_bytes()
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     launcher = [sys.executable, "-m", "torch.distributed.run", "--nnodes=2", "--nproc-per-node=1"]
     launcher += ["--rdzv-backend=c10d", f"--rdzv-endpoint=127.0.0.1:{port}", "--rdzv-id=two-machines"]
     command = [*launcher, "-m", "pipeline", "pretrain", "--method", "dmoco", "--imbalance", "10"]

@@ -2,7 +2,6 @@ import json
 import os
 import re
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -16,7 +15,7 @@ import yaml
 
 from pipeline import tracking
 from pipeline.common import RunKey, manifest_path, stage_name
-from tests.project_copy import ROOT, copy_project
+from tests.project_copy import ROOT, copy_project, free_port
 
 
 def test_queued_experiments_log_to_the_store_of_the_checkout_that_queued_them(monkeypatch):
@@ -120,9 +119,7 @@ def test_make_ui_prints_the_runs_table_and_serves_it(tmp_path):
     setup = "from pipeline.tracking import StageRun\nwith StageRun('report', 'report', {}, 'duel-digits'): pass"
     subprocess.run([sys.executable, "-c", setup], cwd=tmp_path, env=env, check=True, capture_output=True)
     experiment = mlflow.MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}").get_experiment_by_name("duel-digits")
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = [sys.executable, "-m", "pipeline", "ui", "--port", str(port)]
     ui = subprocess.Popen(command, cwd=tmp_path, env=env, stdout=subprocess.PIPE, text=True, start_new_session=True)
     try:

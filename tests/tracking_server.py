@@ -6,7 +6,6 @@ from __future__ import annotations
 import contextlib
 import os
 import signal
-import socket
 import subprocess
 import sys
 import time
@@ -14,14 +13,13 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from pipeline.tracking import unreachable
+from tests.project_copy import free_port
 
 
 @contextlib.contextmanager
 def tracking_server(folder: Path, start_within: float = 90.0) -> Iterator[tuple[str, subprocess.Popen]]:
     """Yield the server's URI and process; `os.killpg(process.pid, ...)` stops it and its workers."""
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()
     command = [
         str(Path(sys.executable).parent / "mlflow"),
         "server",
