@@ -13,7 +13,7 @@ from duel.backbones import BACKBONES
 from duel.config import GIVEN_PROFILES, PROFILES, TRAIN_SETS, PrepareConfig, StudyConfig, build_config, to_dict
 from duel.data.sources import SOURCES
 from duel.errors import ConfigError
-from duel.eval.protocol import HEADS
+from duel.eval.heads import HEADS
 from duel.memory import BATCH_MODES
 from duel.methods import METHODS
 

@@ -9,6 +9,10 @@ from typing import Any
 import numpy as np
 import torch
 
+# The LT heads' first torch.optim optimizer imports torch._dynamo (1.5 s here). Imported here, it is start-up
+# like the stage's other imports, and probe_seconds times the probe alone (benchmarks/repro.py).
+import torch._dynamo
+
 from duel.backbones import build_backbone
 from duel.config import StudyConfig, to_dict
 from duel.data.augment import normalizer

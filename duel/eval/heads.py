@@ -29,6 +29,15 @@ DEFAULT_GRIDS: dict[str, list[float]] = {
     "ldam": [0.3, 0.5],  # max margin, Cao et al. 2019 (LDAM: Label-Distribution-Aware Margin Loss)
     "logit_adjusted": [0.5, 1.0, 1.5],  # tau, Menon et al. 2021 (Long-tail Learning via Logit Adjustment)
 }
+# Head name -> (its loss in HEAD_LOSSES, deferred re-weighting start as a fraction of the epochs).
+HEADS: dict[str, tuple[str, float | None]] = {
+    "ce": ("ce", None),
+    "focal": ("focal", None),
+    "cb": ("cb", None),
+    "ldam": ("ldam", None),
+    "ldam_drw": ("ldam", 0.5),  # Cao et al. 2019: re-weighting from the second half of training
+    "logit_adjusted": ("logit_adjusted", None),
+}
 LDAM_SCALE = 30.0  # the cosine-logit scale s of Cao et al.'s code
 DRW_BETA = 0.9999  # the class-balanced beta that deferred re-weighting switches on (Cao et al. 2019)
 

@@ -5,6 +5,9 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 import numpy as np
+from sklearn.linear_model import LogisticRegression
+from sklearn.pipeline import make_pipeline
+from sklearn.preprocessing import StandardScaler
 
 
 @dataclass
@@ -21,11 +24,6 @@ def linear_probe(
     c_grid: list[float],
 ) -> ProbeResult:
     """Multinomial logistic regression on standardised features, one fit per C."""
-    # Imported here: every stage imports this package to validate its config; only the probe fits (~1 s).
-    from sklearn.linear_model import LogisticRegression
-    from sklearn.pipeline import make_pipeline
-    from sklearn.preprocessing import StandardScaler
-
     fits, val_accuracy = {}, {}
     for c in c_grid:
         model = make_pipeline(StandardScaler(), LogisticRegression(C=c, max_iter=2000))

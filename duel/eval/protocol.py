@@ -14,23 +14,14 @@ from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
+import pandas as pd
 
 from duel.config import ProbeConfig
 from duel.data.longtail import kshot_subsets
 from duel.eval.groups import group_accuracies
-from duel.eval.heads import lt_head_probe
+from duel.eval.heads import HEADS, lt_head_probe
 from duel.eval.knn import knn_predict
 from duel.eval.linear import linear_probe
-
-# Head name -> (loss of duel.eval.heads, deferred re-weighting start as a fraction of the epochs).
-HEADS: dict[str, tuple[str, float | None]] = {
-    "ce": ("ce", None),
-    "focal": ("focal", None),
-    "cb": ("cb", None),
-    "ldam": ("ldam", None),
-    "ldam_drw": ("ldam", 0.5),  # Cao et al. 2019: re-weighting from the second half of training
-    "logit_adjusted": ("logit_adjusted", None),
-}
 
 
 @dataclass
@@ -76,8 +67,6 @@ def evaluate(
         split |= {f"knn_{k}": v for k, v in group_accuracies(test.labels, knn, class_counts, **grouping).items()}
         split |= {"linear_best_c": result.best_c, "linear_val_top1": result.val_accuracy[result.best_c]}
         per_split.append(split)
-    import pandas as pd  # here: every stage imports this module (HEADS) to validate its config
-
     table = pd.DataFrame(per_split)
     metrics = {k: float(v) for k, v in table.mean().items()}  # k-shot: the mean over the random splits
     metrics["linear_best_c"] = float(table["linear_best_c"].median())
