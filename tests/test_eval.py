@@ -1,3 +1,6 @@
+import subprocess
+import sys
+
 import numpy as np
 import pytest
 
@@ -5,6 +8,7 @@ from duel.eval.groups import class_groups, group_accuracies
 from duel.eval.knn import knn_predict
 from duel.eval.linear import linear_probe
 from duel.eval.tsne import tsne_embed
+from tests.project_copy import ROOT
 
 
 def test_groups_are_thirds_by_descending_training_count():
@@ -67,3 +71,40 @@ def test_shot_groups_use_the_imagenet_lt_thresholds():
     out = group_accuracies(y_true, np.array([0, 1, 0, 3]), [500, 300, 50, 60], "shots", (20, 100))
     assert out["many"] == 1.0 and out["medium"] == 0.5 and np.isnan(out["few"])
     assert out["group_std"] == pytest.approx(0.25)  # over the non-empty groups
+
+
+def test_the_probe_stage_imports_its_libraries_before_the_timed_probe():
+    """`probe_seconds` (the probe's compute in benchmarks/repro.py) must not hold imports: scikit-learn, SciPy,
+    pandas and torch._dynamo (which torch.optim imports) load with the stage, not inside `probe_encoder`; and a
+    stage that only validates its config (every stage does) does not import scikit-learn at all."""
+    code = """
+import sys
+import numpy as np, torch
+from duel.backbones import build_backbone
+from duel.data.augment import normalizer
+from duel.data.sources import ImageSet, SourceData
+from duel.validation import parse_config
+
+cfg = parse_config({"probe": {"knn_k": 5, "heads": ["ce"], "head_epochs": 2}})
+print("sklearn" in sys.modules)
+from pipeline.probe import probe_encoder
+
+def split(n):
+    images = torch.randint(0, 256, (3 * n, 1, 8, 8), dtype=torch.uint8, generator=torch.Generator().manual_seed(n))
+    return ImageSet(np.repeat(np.arange(3), n), images=images)
+
+manifest = {  # classes of 20 training images: an LT set of 12 / 4 / 2, 3 for validation, 5 balanced
+    "train_indices": [*range(12), *range(20, 24), 40, 41],
+    "val_indices": [12, 13, 14, 24, 25, 26, 42, 43, 44],
+    "balanced_indices": [*range(15, 20), *range(27, 32), *range(45, 50)],
+    "class_counts": [12, 4, 2],
+}
+encoder, _ = build_backbone("small_cnn", 1)
+source = SourceData("tiny", ["a", "b", "c"], split(20), split(5))
+before = set(sys.modules)
+probe_encoder(encoder, normalizer([0.5], [0.25]), source, manifest, cfg)
+packages = {"torch._dynamo" if m.startswith("torch._dynamo") else m.split(".")[0] for m in set(sys.modules) - before}
+print(sorted(packages & {"sklearn", "scipy", "pandas", "torch._dynamo"}))
+"""
+    proc = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True)
+    assert proc.stdout.split("\n")[:2] == ["False", "[]"], proc.stdout[-2000:] + proc.stderr[-2000:]
