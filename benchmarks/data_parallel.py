@@ -45,13 +45,12 @@ class TimedWorld(World):
     """The launcher's world, timing each gather (the collectives `training_step` adds for the memory)."""
 
     def gather(self, x: torch.Tensor, parts: int = 1) -> torch.Tensor:
-        tic = time.perf_counter()
-        out = super().gather(x, parts)
-        GATHER_SECONDS.append(time.perf_counter() - tic)
-        return out
+        return timed(super().gather, GATHER_SECONDS)(x, parts)
 
 
 def timed(fn: Callable[..., Any], seconds: list[float]) -> Callable[..., Any]:
+    """`fn`, appending the seconds of each call to `seconds`."""
+
     def wrapper(*args: Any, **kwargs: Any) -> Any:
         tic = time.perf_counter()
         out = fn(*args, **kwargs)

@@ -15,10 +15,8 @@ from pipeline import cli
 from pipeline import pretrain as stage
 from pipeline.common import CHECKPOINTS
 from pipeline.tracking import StageKilled
-from tests.project_copy import free_port
+from tests.project_copy import ROOT, free_port
 from tests.tracking_server import tracking_server
-
-ROOT = Path(__file__).resolve().parents[1]
 
 
 @pytest.fixture
