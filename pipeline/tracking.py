@@ -206,13 +206,22 @@ class StageRun:
         import mlflow
         import mlflow.data
         from mlflow.data.dataset_source_registry import get_registered_sources
+        from mlflow.exceptions import MlflowException
 
         # MLflow registers two local-file source classes (schemes "" and "file") and warns that any path is
         # ambiguous between them; naming the class avoids the warning.
         local = next(s for s in get_registered_sources() if s.__name__ == "LocalArtifactDatasetSource")
         dataset = mlflow.data.from_numpy(indices, targets=labels, name=name, source=local(str(manifest)))
         with self._server_calls():
-            mlflow.log_input(dataset, context=context)
+            try:
+                mlflow.log_input(dataset, context=context)
+            except MlflowException as exc:
+                # Two queue workers logging the same training set at once: MLflow looks the dataset up, finds
+                # none, and inserts it; the later insert breaks the store's unique (experiment, name, digest)
+                # key. The failed call kept nothing (one transaction); again, it finds the other's dataset.
+                if "unique constraint" not in str(exc).lower():
+                    raise
+                mlflow.log_input(dataset, context=context)
 
     def log_arrays(self, name: str, arrays: dict[str, Any]) -> None:
         """Arrays as one compressed `.npz` artifact of the run (nothing is written to the project)."""

@@ -113,6 +113,41 @@ def test_the_experiment_opens_as_model_training_and_runs_carry_their_training_se
     assert json.loads(inputs[0].dataset.source) == {"uri": "m.json"}
 
 
+def test_a_training_set_another_worker_logs_first_is_linked_not_an_error(tmp_path, monkeypatch):
+    """Two queue workers starting runs on the same LT set at once: MLflow looks the dataset up, finds none and
+    inserts it, and the other worker's insert lands in between (seen in a CI run on a tracking server)."""
+    from mlflow.entities import Dataset, DatasetInput
+    from mlflow.store.tracking.dbmodels.models import SqlDataset
+    from sqlalchemy.orm import Session
+
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    other_worker = mlflow.MlflowClient(uri)
+    add_all = Session.add_all
+    raced = []
+
+    def add_all_losing_the_race(self, objects):
+        rows = [o for o in objects if isinstance(o, SqlDataset)]
+        if rows and not raced:  # our lookup found no dataset; the other worker's insert commits before ours
+            raced.append(rows[0].name)
+            fields = ("name", "digest", "dataset_source_type", "dataset_source", "dataset_schema", "dataset_profile")
+            dataset = Dataset(*(getattr(rows[0], f) for f in fields))
+            other_run = other_worker.create_run(rows[0].experiment_id).info.run_id
+            other_worker.log_inputs(other_run, [DatasetInput(dataset)])
+            other_worker.set_terminated(other_run)
+        return add_all(self, objects)
+
+    with tracking.StageRun("pretrain", "pretrain@moco-10-lt-0-0", {"i": 1}, "race") as run:
+        monkeypatch.setattr(Session, "add_all", add_all_losing_the_race)
+        run.log_dataset("digits-imb10-lt-d0", np.array([3, 8, 9]), np.array([0, 1, 1]), Path("m.json"), "training")
+        monkeypatch.undo()
+    assert raced == ["digits-imb10-lt-d0"]
+    experiment = other_worker.get_experiment_by_name("race").experiment_id
+    inputs = [other_worker.get_run(r.info.run_id).inputs.dataset_inputs for r in other_worker.search_runs([experiment])]
+    assert [len(i) for i in inputs] == [1, 1]
+    assert inputs[0][0].dataset.digest == inputs[1][0].dataset.digest  # one dataset, linked to both runs
+
+
 @pytest.mark.slow
 def test_make_ui_prints_the_runs_table_and_serves_it(tmp_path):
     env = copy_project(tmp_path)
