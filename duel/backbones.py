@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import torch
+import torch.nn.functional as F
 from torch import nn
 
 
@@ -20,6 +22,43 @@ def small_cnn(in_channels: int) -> nn.Module:
         nn.AdaptiveAvgPool2d(1),
         nn.Flatten(),
     )
+
+
+class SplitBatchNorm2d(nn.BatchNorm2d):
+    """BatchNorm whose training statistics are those of `splits` interleaved sub-batches (images
+    i, i + splits, i + 2 splits, ... form one): MoCo's CIFAR-10 demo's SplitBatchNorm, which lets one
+    device see the per-GPU statistics of shuffle-BN. The running statistics follow the sub-batches'
+    mean; evaluation, and a batch that does not divide into the splits, use plain BatchNorm."""
+
+    def __init__(self, num_features: int, splits: int, **kwargs) -> None:
+        super().__init__(num_features, **kwargs)
+        self.splits = splits
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        n, c, h, w = x.shape
+        s = self.splits
+        if not self.training or n % s:
+            return super().forward(x)
+        self.num_batches_tracked.add_(1)
+        mean, var = self.running_mean.repeat(s), self.running_var.repeat(s)
+        weight, bias = self.weight.repeat(s), self.bias.repeat(s)
+        out = F.batch_norm(x.reshape(n // s, c * s, h, w), mean, var, weight, bias, True, self.momentum, self.eps)
+        self.running_mean.copy_(mean.view(s, c).mean(0))
+        self.running_var.copy_(var.view(s, c).mean(0))
+        return out.reshape(n, c, h, w)
+
+
+def split_batchnorm(module: nn.Module, splits: int) -> nn.Module:
+    """Every BatchNorm2d of `module` made a SplitBatchNorm2d over `splits` sub-batches, in place; the
+    state_dict keys and values are unchanged, so evaluation loads the weights into plain BatchNorm."""
+    for name, child in module.named_children():
+        if isinstance(child, nn.BatchNorm2d):
+            split = SplitBatchNorm2d(child.num_features, splits, eps=child.eps, momentum=child.momentum)
+            split.load_state_dict(child.state_dict())
+            setattr(module, name, split)
+        else:
+            split_batchnorm(child, splits)
+    return module
 
 
 def _resnet(arch: str, cifar_stem: bool) -> Callable[[int], nn.Module]:

@@ -4,8 +4,10 @@ Labels never drive a replacement policy; they explain one. For a memory state
 this module answers three questions:
 
 - which classes enter and leave the memory (the memory's per-class insertion
-  and eviction counters, read per epoch), how old its keys are and how often
-  an eviction overwrites a key that the same push had just inserted;
+  and eviction counters, read per epoch), how long its images have stayed
+  (residence age) and how many pushes ago their keys were computed (staleness:
+  the same, unless a method re-encodes the memory), and how often an eviction
+  overwrites a key that the same push had just inserted;
 - where a key's DUEL score comes from: the score of key i is a sum of
   p_dup(i, j) over the other keys j, split here by who j is: another key of the
   same image (same dataset index, e.g. the other augmented view), another image
@@ -133,6 +135,8 @@ def memory_diagnostics(memory: ActiveMemory, class_counts: list[int]) -> dict[st
         # Of all evictions so far, the share that overwrote a key of the same push; the keys' mean age in pushes.
         "fresh_eviction_share": int(memory.evicted_fresh) / evictions if evictions else float("nan"),
         "memory_age": float((memory.pushes - memory.born[: memory.num_filled]).float().mean()),
+        # Pushes since each key was computed by the encoder: its residence age, unless it was re-encoded.
+        "key_staleness": float((memory.pushes - memory.encoded[: memory.num_filled]).float().mean()),
     }
     for group, members in (("head", _in_group(labels, head)), ("tail", _in_group(labels, ~head))):
         for r, relation in enumerate(RELATIONS):
@@ -183,6 +187,6 @@ def summary_metrics(record: dict[str, Any]) -> dict[str, float]:
         "inserted_head_share": head_share(record["inserted"]),
         "evicted_head_share": head_share(record["evicted"]),
     }
-    out.update({k: record[k] for k in ("fresh_eviction_share", "memory_age")})
+    out.update({k: record[k] for k in ("fresh_eviction_share", "memory_age", "key_staleness")})
     out.update({k: v for k, v in record.items() if k.startswith(("score/", "tail_risk/"))})
     return {k: v for k, v in out.items() if v == v}  # NaN (an empty group) is left out

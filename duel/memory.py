@@ -69,6 +69,10 @@ class ActiveMemory(nn.Module):
         self.register_buffer("pushes", torch.zeros((), dtype=torch.long))
         self.register_buffer("born", torch.zeros(size, dtype=torch.long))
         self.register_buffer("evicted_fresh", torch.zeros((), dtype=torch.long))
+        # Staleness: the push after which each slot's key was computed (by its own push, or by a later
+        # re-encoding, `rekey`), and the next slot of a rolling re-encoding window.
+        self.register_buffer("encoded", torch.zeros(size, dtype=torch.long))
+        self.register_buffer("window_ptr", torch.zeros((), dtype=torch.long))
         # Random eviction draws from the memory's own generator: data-parallel ranks seed it alike and
         # draw alike, while their global RNGs (augmentation) differ. Saved with the state (extra state).
         self.generator = torch.Generator().manual_seed(0)
@@ -117,14 +121,32 @@ class ActiveMemory(nn.Module):
         labels = self.labels[: self.num_filled]
         return torch.bincount(labels[labels >= 0], minlength=num_classes)
 
+    def refresh_window(self, n: int) -> torch.Tensor:
+        """The next `n` filled slots of a window cycling over the memory (every filled slot when `n`
+        covers them all), advancing the window: re-encoding them each step bounds every key's staleness
+        by ceil(filled / n) pushes."""
+        filled = self.num_filled
+        if n >= filled:
+            return torch.arange(filled, device=self.keys.device)
+        start = int(self.window_ptr) % filled  # the memory may have grown since the last window
+        self.window_ptr.fill_((start + n) % filled)
+        return (start + torch.arange(n, device=self.keys.device)) % filled
+
     @torch.no_grad()
-    def rekey(self, keys: torch.Tensor) -> None:
-        """Replace the keys of the filled slots (same images, e.g. re-encoded by the current encoder)
-        and recompute the DUEL scores from scratch; labels, indices and ages are kept."""
+    def rekey(self, slots: torch.Tensor, keys: torch.Tensor) -> None:
+        """Replace the keys of filled `slots` (the same images, e.g. re-encoded by the current encoder);
+        labels, indices and residence ages are kept. DUEL scores are recomputed from scratch when every
+        filled slot is replaced, else updated incrementally (O(len(slots) K d))."""
         with torch.autocast(self.keys.device.type, enabled=False):
-            self.keys[: self.num_filled] = nn.functional.normalize(keys.detach().to(self.keys), dim=1)
-            if self.policy == "duel":
+            keys = nn.functional.normalize(keys.detach().to(self.keys), dim=1)
+            self.encoded[slots] = self.pushes
+            if self.policy != "duel":
+                self.keys[slots] = keys
+            elif len(slots) == self.num_filled:
+                self.keys[slots] = keys
                 self.scores[: self.num_filled] = self.full_scores()
+            else:
+                self._update_scores(slots, keys)
 
     # ------------------------------------------------------------------- push
     @torch.no_grad()
@@ -204,6 +226,7 @@ class ActiveMemory(nn.Module):
         self._count(self.inserted, labels)
         self.evicted_fresh += (self.born[old] == self.pushes).sum()
         self.born[slots] = self.pushes
+        self.encoded[slots] = self.pushes
         if self.policy == "duel":
             self._update_scores(slots, keys)
         else:
@@ -230,7 +253,9 @@ class ActiveMemory(nn.Module):
         self._count(self.evicted, torch.tensor(evicted, dtype=torch.long, device=self.labels.device))
         self._count(self.inserted, torch.tensor(new_labels, dtype=torch.long, device=self.labels.device))
         self.evicted_fresh += fresh
-        self.born[torch.tensor(slots, device=self.born.device)] = pushes
+        written = torch.tensor(slots, device=self.born.device)
+        self.born[written] = pushes
+        self.encoded[written] = pushes
 
     def _replace_most_duplicated(self, key: torch.Tensor, label: torch.Tensor, index: torch.Tensor) -> int:
         """Greedy DUEL step on a full memory: one (K, d) x (d, 2) product, in place; returns the slot."""

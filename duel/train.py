@@ -123,21 +123,34 @@ def training_step(
 
 @torch.no_grad()
 def refresh_memory(
-    method: SSLMethod, dataset: IndexedImages, augment: nn.Module, batch_size: int, runtime: RuntimeConfig
+    method: SSLMethod,
+    dataset: IndexedImages,
+    augment: nn.Module,
+    batch_size: int,
+    runtime: RuntimeConfig,
+    world: World = ONE_PROCESS,
 ) -> None:
-    """Re-encode the images behind the memory's keys with the current encoder (one new augmented view
-    each) and rescore the memory, so DUEL compares keys of one encoder state instead of stale ones."""
+    """Re-encode the images behind the memory's next `method.refresh_size()` slots with the current
+    encoder (one new augmented view each) and rescore them, so DUEL compares keys of (nearly) one
+    encoder state instead of stale ones.
+
+    Data-parallel: each rank encodes an equal share of the window and every rank takes all shares in
+    rank order, so the memories stay identical although each rank draws its own augmentations.
+    """
     memory = method.memory
     assert memory is not None
+    slots = memory.refresh_window(method.refresh_size())
+    share = -(-len(slots) // world.size)  # the last rank's share is padded with the window's last slot
+    padded = slots[torch.arange(share * world.size, device=slots.device).clamp_(max=len(slots) - 1)]
+    mine = padded[world.rank * share : (world.rank + 1) * share]
     device = memory.keys.device
     memory_format = torch.channels_last if runtime.channels_last else torch.contiguous_format
     keys = []
-    positions = dataset.positions(memory.indices[: memory.num_filled])
-    for batch in dataset.batches(positions, batch_size, device, runtime.num_workers):
+    for batch in dataset.batches(dataset.positions(memory.indices[mine]), batch_size, device, runtime.num_workers):
         views = augment(to_unit(batch.images)).contiguous(memory_format=memory_format)
         with torch.autocast(device.type, dtype=torch.bfloat16, enabled=runtime.precision == "bf16"):
             keys.append(method.memory_keys(views))
-    memory.rekey(torch.cat(keys))
+    memory.rekey(slots, world.gather(torch.cat(keys))[: len(slots)])
 
 
 def _data_on_device(dataset: IndexedImages, runtime: RuntimeConfig, device: torch.device) -> bool:
@@ -214,11 +227,6 @@ def pretrain(
     `cfg.lr_scaling: linear`); each rank draws its own augmentations; rank 0 writes the checkpoints,
     which hold every rank's RNG state, so a resumed run continues as the uninterrupted one would.
     """
-    if world.distributed and method.refresh_memory_every:
-        raise DuelError(
-            f"{type(method).__name__} re-encodes its memory with augmentations each rank draws differently, "
-            "so its ranks' memories would diverge; train it with pretrain.nproc_per_node=1"
-        )
     device = world.device(runtime.device)
     method.to(device)
     augment.to(device)
@@ -276,9 +284,8 @@ def pretrain(
                 method, augment, optimizer, batch, runtime, step, total_steps, world, loss_module
             ).item()  # syncs
             scheduler.step()
-            every = method.refresh_memory_every
-            if method.memory is not None and every and (step + 1) % every == 0:
-                refresh_memory(method, dataset, augment, cfg.batch_size, runtime)
+            if method.memory is not None and method.refresh_size():
+                refresh_memory(method, dataset, augment, cfg.batch_size, runtime, world)
             if world.distributed and ((step + 1) % CHECK_EVERY == 0 or step + 1 == total_steps):
                 world.check_same(_shared_state(method), step)
             toc = time.perf_counter()

@@ -105,13 +105,6 @@ def validate(cfg: StudyConfig) -> None:
         t.sync_batchnorm,
         f"torch's SyncBatchNorm runs on CUDA only, not runtime.device={rt.device}; set it false",
     )
-    for name in s.methods:
-        _require(
-            t.nproc_per_node == 1 or not METHODS[name].refresh_memory_every,
-            "pretrain.nproc_per_node",
-            t.nproc_per_node,
-            f"1 for {name}: it re-encodes its memory with per-rank augmentations, so ranks would diverge",
-        )
     _require(
         m.size >= t.batch_size,
         "pretrain.memory.size",

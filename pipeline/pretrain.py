@@ -42,6 +42,8 @@ from pipeline.common import (
 )
 from pipeline.tracking import StageRun
 
+LATE_SHARE = 3  # memory_entropy_late: the mean over the last third of the steps
+
 
 def pretraining_set(source: SourceData, train_indices: list[int]) -> IndexedImages:
     """A training subset (LT or its balanced match), plus the source's unlabeled images (indices after
@@ -153,6 +155,9 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
         }
         if model.memory is not None:
             metrics["memory_entropy"] = model.memory.class_entropy(source.num_classes)
+            # A final snapshot of a FIFO memory is one draw of the stream: compare memories over time.
+            late = log["memory_entropy"].iloc[-max(1, len(log) // LATE_SHARE) :]
+            metrics["memory_entropy_late"] = float(late.mean())
         if diagnostics:
             final = diagnostics[-1]
             metrics["memory_head_keys"] = sum(final["histogram"][c] for c in final["head_classes"])

@@ -39,7 +39,16 @@ TABLES = {
     "knn_top1": ("knn_top1", 100, 1, "kNN top-1 (%)"),
     "linear_few": ("linear_few", 100, 1, "Linear-probe top-1 on the few group (%)"),
     "memory_entropy": ("memory_entropy", 1, 3, "Normalised class entropy of the final memory"),
+    "memory_entropy_late": (
+        "memory_entropy_late",
+        1,
+        3,
+        "Normalised class entropy of the memory, mean over the last third of the training steps",
+    ),
     "memory_head_keys": ("memory_head_keys", 1, 0, "Head-class keys in the final memory"),
+    "fresh_eviction_share": ("fresh_eviction_share", 100, 0, "Evictions that hit a key of the same push (%)"),
+    "key_staleness": ("key_staleness", 1, 1, "Mean key staleness of the final memory (pushes since encoded)"),
+    "train_time_vs_moco": ("train_time_vs_moco", 1, 2, "Training time relative to moco's run of the same setting"),
 }
 
 
@@ -60,7 +69,12 @@ def collect(cfg: StudyConfig) -> pd.DataFrame:
         pre = read_json(key.pretrain_dir / "metrics.json", key.stage("pretrain"))
         probe = read_json(key.probe_dir / "metrics.json", key.stage("probe"))
         rows.append({**key.config(), "row": row_label(key.method, key.train_set), **pre, **probe})
-    return pd.DataFrame(rows)
+    runs = pd.DataFrame(rows)
+    if "moco" in cfg.sweep.methods:  # each run's training time over moco's on the same set and seed
+        setting_of = ["imbalance", "train_set", "draw", "seed"]
+        moco = runs[runs.method == "moco"].set_index(setting_of)["train_seconds"]
+        runs["train_time_vs_moco"] = runs["train_seconds"] / moco.reindex(runs.set_index(setting_of).index).to_numpy()
+    return runs
 
 
 def table_rows(cfg: StudyConfig) -> list[str]:

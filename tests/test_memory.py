@@ -62,10 +62,12 @@ def test_class_entropy():
 def test_state_dict_round_trip_restores_every_slot_array():
     mem = ActiveMemory(16, 8, policy="duel")
     mem.push(unit(20, 8), labels=torch.arange(20) % 3, indices=torch.arange(20))
+    mem.rekey(mem.refresh_window(5), unit(5, 8, seed=4))
     clone = ActiveMemory(16, 8, policy="duel")
     clone.load_state_dict(mem.state_dict())
-    for name in ("keys", "labels", "indices", "scores", "ptr", "filled"):
-        assert torch.equal(getattr(clone, name), getattr(mem, name)), name
+    assert clone.state_dict().keys() == mem.state_dict().keys()
+    for name, value in mem.state_dict().items():  # every buffer and the random generator's state
+        assert torch.equal(clone.state_dict()[name], value), name
     mem.push(unit(5, 8, seed=3))
     clone.push(unit(5, 8, seed=3))
     assert torch.equal(clone.keys, mem.keys)
@@ -117,7 +119,28 @@ def test_rekey_replaces_keys_and_rescores_from_scratch():
     mem = ActiveMemory(16, 8, policy="duel", temperature=0.2)
     mem.push(unit(12, 8), labels=torch.arange(12), indices=torch.arange(12))
     new = 3 * unit(12, 8, seed=5)  # not normalised: rekey normalises like push
-    mem.rekey(new)
+    mem.rekey(torch.arange(12), new)
     torch.testing.assert_close(mem.valid_keys(), F.normalize(new, dim=1))
     torch.testing.assert_close(mem.scores[:12], mem.full_scores())
     assert mem.labels[:12].tolist() == list(range(12)) and mem.num_filled == 12
+
+
+def test_a_rolling_window_reencodes_every_slot_within_its_bound_and_keeps_scores_exact():
+    """K / R windows of R slots cover every filled slot; scores updated slot by slot equal a full recompute,
+    and no key is older than ceil(K / R) pushes, while residence ages (`born`) are untouched."""
+    size, window = 64, 16
+    mem = ActiveMemory(size, 8, policy="duel", temperature=0.2)
+    seen: list[int] = []
+    for step in range(3 * size // window):
+        mem.push(unit(24, 8, seed=step), indices=torch.arange(24) + 24 * step)
+        born = mem.born.clone()
+        slots = mem.refresh_window(window)
+        assert len(slots) == window and len(set(slots.tolist())) == window
+        seen += slots.tolist()
+        mem.rekey(slots, unit(window, 8, seed=100 + step))
+        torch.testing.assert_close(mem.scores[: mem.num_filled], mem.full_scores(), rtol=1e-4, atol=1e-4)
+        assert torch.equal(mem.born, born) and (mem.encoded[slots] == mem.pushes).all()
+        if step >= size // window:
+            assert int((mem.pushes - mem.encoded).max()) < math.ceil(size / window)
+    assert set(seen[-size:]) == set(range(size))  # the last K / R windows covered every slot
+    assert mem.refresh_window(size).tolist() == list(range(size))  # a window of K: every slot, in order

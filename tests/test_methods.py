@@ -1,6 +1,9 @@
+from dataclasses import replace
+
 import pytest
 import torch
 
+from duel.backbones import SplitBatchNorm2d
 from duel.config import RuntimeConfig
 from duel.data.augment import ssl_augmentation, to_unit
 from duel.data.datasets import Batch
@@ -109,3 +112,58 @@ def test_backbones_give_their_feature_dimension():
     assert net.conv1.kernel_size == (3, 3) and net.conv1.stride == (1, 1)  # CIFAR stem, no max-pool
     net, dim = build_backbone("small_cnn", 1)
     assert net(torch.randn(2, 1, 8, 8)).shape == (2, dim)
+
+
+def test_split_batchnorm_with_one_split_is_plain_batchnorm():
+    x = torch.randn(12, 3, 4, 4, generator=torch.Generator().manual_seed(0))
+    plain, split = torch.nn.BatchNorm2d(3), SplitBatchNorm2d(3, 1)
+    torch.testing.assert_close(split(x), plain(x))
+    for name in ("running_mean", "running_var", "num_batches_tracked"):
+        torch.testing.assert_close(getattr(split, name), getattr(plain, name))
+
+
+def test_split_batchnorm_normalises_each_interleaved_sub_batch_by_its_own_statistics():
+    g = torch.Generator().manual_seed(0)
+    splits, x = 3, torch.randn(12, 2, 4, 4, generator=g) + torch.arange(12.0).view(12, 1, 1, 1)
+    bn = SplitBatchNorm2d(2, splits)
+    with torch.no_grad():
+        bn.weight.copy_(torch.tensor([2.0, 0.5]))
+        bn.bias.copy_(torch.tensor([1.0, -1.0]))
+    out = bn(x)
+    means, unbiased = [], []
+    for k in range(splits):  # sub-batch k: images k, k + 3, k + 6, k + 9
+        part = x[k::splits]
+        mean, var = part.mean((0, 2, 3)), part.var((0, 2, 3), unbiased=False)
+        expected = (part - mean.view(1, 2, 1, 1)) / (var.view(1, 2, 1, 1) + bn.eps).sqrt()
+        torch.testing.assert_close(out[k::splits], expected * bn.weight.view(1, 2, 1, 1) + bn.bias.view(1, 2, 1, 1))
+        means.append(mean)
+        unbiased.append(part.var((0, 2, 3), unbiased=True))
+    # Running statistics: momentum 0.1 towards the mean of the sub-batches' statistics.
+    torch.testing.assert_close(bn.running_mean, 0.1 * torch.stack(means).mean(0))
+    torch.testing.assert_close(bn.running_var, 0.9 + 0.1 * torch.stack(unbiased).mean(0))
+    bn.eval()  # evaluation: the running statistics, like plain BatchNorm
+    plain = torch.nn.BatchNorm2d(2).eval()
+    plain.load_state_dict(bn.state_dict())
+    torch.testing.assert_close(bn(x), plain(x))
+
+
+def test_moco_with_shuffle_bn_keeps_plain_state_dict_keys_and_shuffles_only_the_key_batch(tiny_config):
+    pretrain = replace(tiny_config.pretrain, method_kwargs={"moco": {"bn_splits": 4}})
+    plain = tiny_method("moco", tiny_config)
+    split = build_method("moco", pretrain, DataInfo(channels=1, num_samples=8, num_classes=3))
+    assert split.state_dict().keys() == plain.state_dict().keys()  # probes load it into plain BatchNorm
+    assert sum(isinstance(m, SplitBatchNorm2d) for m in split.modules()) == 6  # 3 per encoder
+    images = to_unit(tiny_batch().images)
+    split.train()
+    torch.manual_seed(0)
+    keys = split.keys(images)
+    torch.manual_seed(0)
+    order = torch.randperm(8)
+    # The keys come back in the batch's order, computed on the shuffled batch's sub-batch statistics.
+    expected = torch.nn.functional.normalize(split.key_projector(split.key_backbone(images[order])), dim=1)
+    torch.testing.assert_close(keys, expected[order.argsort()])
+    unshuffled = torch.nn.functional.normalize(split.key_projector(split.key_backbone(images)), dim=1)
+    assert not torch.allclose(keys, unshuffled)  # other sub-batches, other statistics
+    bad = {"batch_size": 8, "memory": {"size": 32}, "method_kwargs": {"dmoco": {"bn_splits": 3}}}
+    with pytest.raises(ConfigError, match=r"bn_splits=3 is not allowed: must be >= 1 and divide"):
+        parse_config({"pretrain": bad})

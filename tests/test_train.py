@@ -46,9 +46,12 @@ def run(tiny_source, cfg, checkpoint, resume=False, stop_at_step=None, name="dmo
     return method, history
 
 
-@pytest.mark.parametrize("name", ["dmoco", "sdclr", "bcl", "gh"])
+@pytest.mark.parametrize("name", ["dmoco", "dmoco_roll", "sdclr", "bcl", "gh"])
 def test_resume_ends_identical_to_an_uninterrupted_run(tiny_source, tiny_config, tmp_path, name):
-    """Weights, memory, SDCLR's mask and per-sample state (BCL's scores, GH's score averages) alike."""
+    """Weights, memory, SDCLR's mask and per-sample state (BCL's scores, GH's score averages) alike;
+    dmoco_roll with its window's pointer and shuffle-BN's draws."""
+    kwargs = {**tiny_config.pretrain.method_kwargs, "dmoco_roll": {"max_staleness": 3, "bn_splits": 2}}
+    tiny_config = replace(tiny_config, pretrain=replace(tiny_config.pretrain, method_kwargs=kwargs))
     full, full_history = run(tiny_source, tiny_config, tmp_path / "full.pt", name=name)
     with pytest.raises(Interrupt):
         run(tiny_source, tiny_config, tmp_path / "cut.pt", stop_at_step=10, name=name)

@@ -5,6 +5,7 @@ from duel.methods.base import DataInfo, SSLMethod, StepOutput
 from duel.methods.bcl import BCL
 from duel.methods.dmoco import DMoCo
 from duel.methods.dmoco_fresh import DMoCoFresh
+from duel.methods.dmoco_roll import DMoCoRoll
 from duel.methods.dsimclr import DSimCLR
 from duel.methods.gh import GH
 from duel.methods.moco import MoCo
@@ -17,6 +18,7 @@ METHODS: dict[str, type[SSLMethod]] = {
     "moco": MoCo,
     "dmoco": DMoCo,
     "dmoco_fresh": DMoCoFresh,
+    "dmoco_roll": DMoCoRoll,
     "rmoco": RMoCo,
     "simclr": SimCLR,
     "dsimclr": DSimCLR,

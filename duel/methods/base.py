@@ -63,9 +63,6 @@ class SSLMethod(nn.Module):
 
     Params: ClassVar[type] = NoParams
     memory_policy: ClassVar[str | None] = None  # fifo | random | duel (duel.memory.POLICIES); None: no memory
-    # Re-encode the memory's images with the current encoder every this many steps (0: never); see
-    # `memory_keys` and `duel.train.refresh_memory`.
-    refresh_memory_every: ClassVar[int] = 0
 
     def __init__(self, cfg: PretrainConfig, data: DataInfo, params: Any = None) -> None:
         super().__init__()
@@ -129,6 +126,11 @@ class SSLMethod(nn.Module):
         if self.memory is not None and output.keys is not None:
             # Labels and indices only feed diagnostics.
             self.memory.push(output.keys, batch.labels.repeat(2), batch.indices.repeat(2))
+
+    def refresh_size(self) -> int:
+        """How many memory slots to re-encode with the current encoder after every step (0: none; the
+        memory's size or more: all of them); see `memory_keys` and `duel.train.refresh_memory`."""
+        return 0
 
     def epoch_metrics(self) -> dict[str, float]:
         """Scalars logged once per epoch, e.g. summaries of per-sample state."""

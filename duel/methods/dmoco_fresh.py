@@ -7,11 +7,13 @@ push had just inserted. Scores then compare stale keys with fresh ones rather
 than images with images. Here the memory's images are re-encoded by the
 current key encoder (one new augmented view each) after every step and the
 scores recomputed, so the next push compares keys of one encoder state.
-Costs one key-encoder forward pass over the K memory images per step.
+Costs one key-encoder forward pass over the K memory images per step: the exact
+reference of `dmoco_roll`, which re-encodes a window of the memory per step.
 """
 
 from duel.methods.dmoco import DMoCo
 
 
 class DMoCoFresh(DMoCo):
-    refresh_memory_every = 1
+    def refresh_size(self) -> int:
+        return self.cfg.memory.size
