@@ -2,7 +2,7 @@
 VENV := .venv
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 
-.PHONY: setup repro test ui server
+.PHONY: setup repro test docs ui server
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -20,6 +20,10 @@ test: setup
 	ruff check .
 	ruff format --check .
 	pytest
+
+# The documentation site in site/ (strict: a dead link or a page out of step with the code fails).
+docs: setup
+	mkdocs build --strict
 
 # Prints the address of the study's runs table, then serves the UI there.
 ui: setup

@@ -28,7 +28,7 @@ TRAIN_SETS = ("lt", "balanced")  # sweep.train_sets: D_i and D_b
 class SweepConfig:
     """The axes dvc.yaml expands with `matrix`."""
 
-    methods: list[str] = field(default_factory=lambda: ["moco", "dmoco", "simclr", "dsimclr"])
+    methods: list[str] = field(default_factory=lambda: ["moco", "dmoco", "simclr", "dsimclr"])  # registered methods
     # r >= 1 for exp / step / balanced / balanced_matched, rho_max in (0, 1) for dominant.
     imbalance: list[float] = field(default_factory=lambda: [1, 10, 100])
     # What each encoder pretrains on: lt, the long-tailed subset (D_i), or balanced, a class-balanced
@@ -37,12 +37,12 @@ class SweepConfig:
     # Random draws of the LT subset (and of the class order when head_order is shuffled); the
     # validation split and the balanced pool stay the same across draws.
     draws: list[int] = field(default_factory=lambda: [0])
-    seeds: list[int] = field(default_factory=lambda: [0])
+    seeds: list[int] = field(default_factory=lambda: [0])  # training seeds (weights, augmentation, data order)
 
 
 @dataclass(frozen=True)
 class TrackingConfig:
-    experiment: str = "duel"
+    experiment: str = "duel"  # the MLflow experiment every stage logs its run to
 
 
 @dataclass(frozen=True)
@@ -53,15 +53,15 @@ class DataConfig:
     lazy: bool = False  # imagefolder: decode images on access (large images) instead of holding them
     train_list: str | None = None  # imagefolder: `relative/path label` files (ImageNet-LT), relative to root
     val_list: str | None = None  # an official validation list replaces the carved validation split
-    test_list: str | None = None
+    test_list: str | None = None  # an official test list (ImageNet-LT), else root/test/ or the carved split
     test_fraction: float = 0.25  # only for sources without an official test split
     val_fraction: float = 0.15  # carved per class from the training split before the LT draw
-    split_seed: int = 0
+    split_seed: int = 0  # of the carved test and validation splits
 
 
 @dataclass(frozen=True)
 class PrepareConfig:
-    profile: str = "exp"
+    profile: str = "exp"  # how the long-tailed set is drawn (docs: datasets and profiles)
     n_max: int = 100  # size of the largest (head) class
     head_order: str = "index"  # index | shuffled
     seed: int = 0  # of draw 0; draw k > 0 draws with [seed, k]
@@ -81,24 +81,24 @@ class MemoryConfig:
 
 @dataclass(frozen=True)
 class AugmentConfig:
-    crop_min_scale: float = 0.5
+    crop_min_scale: float = 0.5  # random resized crop: the smallest area kept
     rotation: float = 15.0  # degrees
     jitter: float = 0.4  # brightness / contrast (and saturation for RGB)
-    hflip: bool = False
+    hflip: bool = False  # random horizontal flips (off for digits: not mirror-symmetric)
     grayscale_p: float = 0.2  # RGB only
 
 
 @dataclass(frozen=True)
 class PretrainConfig:
-    backbone: str = "small_cnn"
-    epochs: int = 20
-    batch_size: int = 64
-    lr: float = 0.06
-    momentum: float = 0.9
-    weight_decay: float = 5e-4
-    temperature: float = 0.2
-    proj_dim: int = 64
-    key_momentum: float = 0.99
+    backbone: str = "small_cnn"  # the encoder (duel/backbones.py)
+    epochs: int = 20  # passes over the pretraining set
+    batch_size: int = 64  # images per step (per process under data-parallel training)
+    lr: float = 0.06  # SGD learning rate, cosine schedule over all steps
+    momentum: float = 0.9  # SGD momentum
+    weight_decay: float = 5e-4  # SGD weight decay
+    temperature: float = 0.2  # of the contrastive loss (InfoNCE, NT-Xent)
+    proj_dim: int = 64  # output of the projection head: the dimension of the memory's keys
+    key_momentum: float = 0.99  # EMA of MoCo's key encoder
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Hyper-parameters of individual methods, by method name (e.g. sdclr: {prune_ratio: 0.9}); each
@@ -108,9 +108,9 @@ class PretrainConfig:
     checkpoint_every: int = 5  # epochs
     # Data-parallel pretraining (duel.distributed): the stage launches itself through torch's elastic
     # launcher with this many processes (gloo on CPU, nccl on CUDA); batch_size is per process, so the
-    # global batch is batch_size x processes. lr_scaling: none | linear (lr x processes).
+    # global batch is batch_size x processes.
     nproc_per_node: int = 1
-    lr_scaling: str = "none"
+    lr_scaling: str = "none"  # none, or linear: lr x processes
     sync_batchnorm: bool = False  # BatchNorm statistics over the global batch (torch's SyncBatchNorm, CUDA only)
     diagnostics_every: int = 1  # epochs between memory diagnostics (duel.diagnostics; O(K^2 d) each); 0: off
 
@@ -120,19 +120,20 @@ class ProbeConfig:
     train_set: str = "balanced"  # balanced | lt | kshot
     shots: int = 10  # kshot: images per class, drawn from the balanced pool
     splits: int = 1  # kshot: random draws, reported as mean +- std
-    split_seed: int = 0
+    split_seed: int = 0  # kshot: seed of the splits, [split_seed, i] for split i
     groups: str = "thirds"  # thirds (of the classes by LT count) | shots (ImageNet-LT thresholds)
     shot_thresholds: list[int] = field(default_factory=lambda: [20, 100])  # few < 20 <= medium <= 100 < many
+    # inverse L2 strengths of the linear probe's logistic regression, one chosen on validation
     c_grid: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])
-    knn_k: int = 200
-    knn_temperature: float = 0.1
+    knn_k: int = 200  # neighbours of the kNN classifier (cosine similarity)
+    knn_temperature: float = 0.1  # kNN votes weighted by exp(similarity / temperature)
     # LT-aware linear heads (duel.eval.heads) trained on the features of the long-tailed training set,
     # their hyper-parameter and post-hoc logit-adjustment tau chosen on validation: ce | focal | cb |
     # ldam | ldam_drw (LDAM with deferred re-weighting from half-way) | logit_adjusted
     heads: list[str] = field(default_factory=list)
-    head_epochs: int = 100
+    head_epochs: int = 100  # full-batch epochs of each LT-aware head
     posthoc_taus: list[float] = field(default_factory=lambda: [0.0, 0.5, 1.0, 1.5])  # 0: no adjustment
-    batch_size: int = 256
+    batch_size: int = 256  # of feature extraction
 
 
 @dataclass(frozen=True)
@@ -148,7 +149,7 @@ class RuntimeConfig:
     device: str = "cpu"  # training and feature extraction
     num_workers: int = 0  # DataLoader workers decoding lazy image folders
     precision: str = "fp32"  # fp32 | bf16 (autocast; the memory and its scores stay fp32)
-    channels_last: bool = False
+    channels_last: bool = False  # channels-last memory format (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the backbones
     data_on_device: bool | None = None  # hold the uint8 training set on the device; null: when CUDA and <= 96 px
     cache_dir: str | None = "~/.cache/duel"  # decoded sources the stages share (duel/data/cache.py); null: off
@@ -156,8 +157,8 @@ class RuntimeConfig:
 
 @dataclass(frozen=True)
 class ReportConfig:
-    tsne_perplexity: float = 30.0
-    tsne_max_points: int = 2000
+    tsne_perplexity: float = 30.0  # of the t-SNE maps
+    tsne_max_points: int = 2000  # points per t-SNE map (a seeded random subset of more)
 
 
 @dataclass(frozen=True)

@@ -15,6 +15,11 @@ this module answers three questions:
 - how similar keys are: histograms of the cosine similarity of ordered key
   pairs (i, j), i != j, by the same three relations, seen from head-class keys
   and from tail-class keys;
+- how far the encoder has moved from the memory's keys: the cosine similarity of
+  each stored key to the current encoder's key of the same image (unaugmented,
+  eval mode), averaged over keys grouped by staleness. Fresh keys give the floor
+  that augmentation and BatchNorm mode alone leave; lower similarity of older keys
+  is encoder drift, what DUEL's scores then compare against new keys;
 - whether the score could single out the head at another tau_d: for each tau_d
   of a grid, the tail risk, the tail classes' share of the 10 % highest-scoring
   keys divided by their share of the memory. At 1 a DUEL eviction hits tail
@@ -27,6 +32,8 @@ another class, and their keys belong to neither group.
 
 from __future__ import annotations
 
+import itertools
+import math
 from typing import Any
 
 import torch
@@ -38,6 +45,7 @@ GROUPS = ("head", "tail")
 SIMILARITY_BINS = 40  # equal-width bins over cosine similarity [-1, 1]
 TAU_GRID = (0.5, 0.2, 0.1, 0.05, 0.02, 0.01)  # tau_d values the tail risk is computed at
 TOP_FRACTION = 0.1  # the highest-scoring keys, those DUEL would evict next
+STALENESS_BINS = (0, 2, 8, 32, 128)  # lower edges, in pushes, of the key-drift groups
 
 
 def head_classes(class_counts: list[int]) -> torch.Tensor:
@@ -113,8 +121,24 @@ def _in_group(labels: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
     return member
 
 
-def memory_diagnostics(memory: ActiveMemory, class_counts: list[int]) -> dict[str, Any]:
-    """Everything above for one memory state, as a JSON-ready dict.
+def key_drift(memory: ActiveMemory, current: torch.Tensor) -> dict[str, float]:
+    """Mean cosine similarity of stored keys to `current` (the current encoder's keys of the same
+    images, slot by slot), overall and per staleness group `key_drift/<lo>-<hi>` in pushes (empty groups
+    are left out)."""
+    sims = (memory.valid_keys().float() * torch.nn.functional.normalize(current.float(), dim=1)).sum(1)
+    staleness = memory.pushes - memory.encoded[: memory.num_filled]
+    out = {"key_similarity_now": float(sims.mean())}
+    for lo, hi in itertools.pairwise([*STALENESS_BINS, math.inf]):
+        members = (staleness >= lo) & (staleness < hi)
+        if members.any():
+            out[f"key_drift/{lo}-{hi - 1}" if hi < math.inf else f"key_drift/{lo}+"] = float(sims[members].mean())
+    return out
+
+
+def memory_diagnostics(
+    memory: ActiveMemory, class_counts: list[int], current_keys: torch.Tensor | None = None
+) -> dict[str, Any]:
+    """Everything above for one memory state, as a JSON-ready dict (the key drift with `current_keys`).
 
     `histogram`, `inserted`, `evicted`: per class (the counters are cumulative);
     `score/<group>/<relation>`: the mean of that part of the DUEL score (at the
@@ -145,6 +169,8 @@ def memory_diagnostics(memory: ActiveMemory, class_counts: list[int]) -> dict[st
         out[f"similarity/{name}"] = counts
     for tau, risk in tail_risk(keys, labels, ~head).items():
         out[f"tail_risk/{tau:g}"] = risk
+    if current_keys is not None:
+        out |= key_drift(memory, current_keys)
     return out
 
 
@@ -188,5 +214,7 @@ def summary_metrics(record: dict[str, Any]) -> dict[str, float]:
         "evicted_head_share": head_share(record["evicted"]),
     }
     out.update({k: record[k] for k in ("fresh_eviction_share", "memory_age", "key_staleness")})
-    out.update({k: v for k, v in record.items() if k.startswith(("score/", "tail_risk/"))})
+    out.update({k: v for k, v in record.items() if k.startswith(("score/", "tail_risk/", "key_drift/"))})
+    if "key_similarity_now" in record:
+        out["key_similarity_now"] = record["key_similarity_now"]
     return {k: v for k, v in out.items() if v == v}  # NaN (an empty group) is left out

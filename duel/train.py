@@ -153,6 +153,26 @@ def refresh_memory(
     memory.rekey(slots, world.gather(torch.cat(keys))[: len(slots)])
 
 
+@torch.no_grad()
+def current_keys(
+    method: SSLMethod, dataset: IndexedImages, augment: nn.Module, batch_size: int, runtime: RuntimeConfig
+) -> torch.Tensor:
+    """The current encoder's keys of the memory's images, for diagnostics: unaugmented (only the
+    augmentation's last step, the normalisation) and in eval mode, so measuring them draws no random
+    number and updates no BatchNorm statistics: training goes on exactly as without them."""
+    memory = method.memory
+    assert memory is not None
+    normalize = augment[-1] if isinstance(augment, nn.Sequential) else augment
+    positions = dataset.positions(memory.indices[: memory.num_filled])
+    method.eval()
+    keys = [
+        method.memory_keys(normalize(to_unit(batch.images)))
+        for batch in dataset.batches(positions, batch_size, memory.keys.device, runtime.num_workers)
+    ]
+    method.train()
+    return torch.cat(keys).float()
+
+
 def _data_on_device(dataset: IndexedImages, runtime: RuntimeConfig, device: torch.device) -> bool:
     """Whether to hold the uint8 training set on the device: by default for small in-memory images on CUDA."""
     if not dataset.images.in_memory or device.type == "cpu":
@@ -307,7 +327,8 @@ def pretrain(
             on_method_metrics({"step": len(history) - 1, **scalars})
         diagnose = cfg.diagnostics_every and ((epoch + 1) % cfg.diagnostics_every == 0 or last)
         if method.memory is not None and class_counts is not None and diagnose:
-            record = {"epoch": epoch, "step": len(history) - 1, **memory_diagnostics(method.memory, class_counts)}
+            now = current_keys(method, dataset, augment, cfg.batch_size, runtime)
+            record = {"epoch": epoch, "step": len(history) - 1, **memory_diagnostics(method.memory, class_counts, now)}
             diagnostics.append(record)
             if on_epoch is not None:
                 on_epoch(record)

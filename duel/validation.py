@@ -17,6 +17,23 @@ from duel.eval.heads import HEADS
 from duel.memory import BATCH_MODES
 from duel.methods import METHODS
 
+# The keys whose values (a list's items) come from a fixed set; the params reference lists them.
+CHOICES: dict[str, tuple[str, ...]] = {
+    "sweep.methods": tuple(METHODS),
+    "sweep.train_sets": TRAIN_SETS,
+    "data.source": tuple(SOURCES),
+    "prepare.profile": PROFILES,
+    "prepare.head_order": ("index", "shuffled"),
+    "prepare.match_profile": ("exp", "step", "dominant"),
+    "pretrain.backbone": tuple(BACKBONES),
+    "pretrain.lr_scaling": ("none", "linear"),
+    "pretrain.memory.batch_mode": BATCH_MODES,
+    "probe.train_set": ("balanced", "lt", "kshot"),
+    "probe.groups": ("thirds", "shots"),
+    "probe.heads": tuple(HEADS),
+    "runtime.precision": ("fp32", "bf16"),
+}
+
 
 def parse_config(values: dict[str, Any] | None) -> StudyConfig:
     """Build and validate the study config from the parsed params.yaml mapping."""

@@ -128,6 +128,20 @@ def test_fresh_evictions_count_keys_overwritten_by_their_own_push():
     assert record["fresh_eviction_share"] == pytest.approx(2 / 3) and record["memory_age"] == pytest.approx(0.75)
 
 
+def test_key_drift_groups_the_similarity_to_current_keys_by_staleness():
+    mem = ActiveMemory(4, 4, policy="fifo")
+    mem.push(torch.eye(4))  # push 1
+    mem.pushes += 9  # nine pushes later, slots 2 and 3 are re-encoded (to the same keys)
+    mem.rekey(torch.tensor([2, 3]), torch.eye(4)[2:])
+    current = torch.stack([-torch.eye(4)[0], torch.eye(4)[3], torch.eye(4)[0], 2 * torch.eye(4)[3]])
+    record = memory_diagnostics(mem, [1], current)
+    assert (mem.pushes - mem.encoded).tolist() == [9, 9, 0, 0]
+    # Stale slots 0, 1: opposite and orthogonal to today's keys; fresh slots 2, 3: orthogonal and equal.
+    assert record["key_drift/8-31"] == pytest.approx(-0.5) and record["key_drift/0-1"] == pytest.approx(0.5)
+    assert record["key_similarity_now"] == pytest.approx(0.0)
+    assert not any(k.startswith("key_drift/") for k in memory_diagnostics(mem, [1]))  # no current keys: none
+
+
 def test_replay_shows_duel_balancing_separated_classes_but_not_class_free_keys():
     """Fixed keys streamed through a memory: DUEL evens out the classes only where they form clusters."""
     g = torch.Generator().manual_seed(0)

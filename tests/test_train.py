@@ -73,6 +73,18 @@ def test_resume_ends_identical_to_an_uninterrupted_run(tiny_source, tiny_config,
         assert any(v.abs().nan_to_num(0).sum() > 0 for v in resumed.sample_state().values())
 
 
+def test_memory_diagnostics_leave_training_unchanged(tiny_source, tiny_config, tmp_path):
+    """The diagnostics re-encode the memory's images (key drift) without drawing a random number or
+    updating BatchNorm statistics: a run with them ends bit-identical to one without."""
+    with_records, _ = run(tiny_source, tiny_config, tmp_path / "a.pt", name="dmoco_roll")
+    assert any("key_drift/0-1" in d for d in with_records.diagnostics)
+    off = replace(tiny_config, pretrain=replace(tiny_config.pretrain, diagnostics_every=0))
+    without, _ = run(tiny_source, off, tmp_path / "b.pt", name="dmoco_roll")
+    assert without.diagnostics == []
+    for key, value in without.state_dict().items():
+        assert torch.equal(with_records.state_dict()[key], value), key
+
+
 def test_a_checkpoint_resumes_under_other_machine_settings(tiny_source, tiny_config, tmp_path):
     """Runtime settings are not part of the checkpointed config: a run moves between machines."""
     with pytest.raises(Interrupt):

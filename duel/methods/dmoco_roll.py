@@ -20,7 +20,8 @@ from duel.methods.moco import MoCoParams
 
 @dataclass(frozen=True)
 class DMoCoRollParams(MoCoParams):
-    max_staleness: int = 8  # steps; the window is K / 8 slots (128 at K 1024)
+    # steps a key may go without re-encoding: the window is ceil(K / max_staleness) slots (128 at K 1024)
+    max_staleness: int = 8
 
 
 class DMoCoRoll(DMoCo):
