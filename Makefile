@@ -1,8 +1,11 @@
 # Two entry points (see README): `make repro` runs the study, `make test` runs the checks.
 VENV := .venv
+NOTEBOOK := notebooks/analysis.ipynb
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
+# mkdocs-material prints a banner about its successor on every build otherwise.
+export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup repro test docs ui server
+.PHONY: setup repro test docs notebook ui server
 
 $(VENV)/.installed: pyproject.toml
 	python3 -m venv $(VENV)
@@ -24,6 +27,12 @@ test: setup
 # The documentation site in site/ (strict: a dead link or a page out of step with the code fails).
 docs: setup
 	mkdocs build --strict
+
+# Re-executes the analysis notebook on this checkout's study (after `make repro`); the site shows its outputs.
+notebook: setup
+	python -c "import nbclient, nbformat; nb = nbformat.read('$(NOTEBOOK)', 4); \
+	nbclient.NotebookClient(nb, timeout=600, resources={'metadata': {'path': 'notebooks'}}).execute(); \
+	nbformat.write(nb, '$(NOTEBOOK)')"
 
 # Prints the address of the study's runs table, then serves the UI there.
 ui: setup

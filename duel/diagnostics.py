@@ -34,6 +34,7 @@ from __future__ import annotations
 
 import itertools
 import math
+from collections.abc import Callable
 from typing import Any
 
 import torch
@@ -175,27 +176,30 @@ def memory_diagnostics(
 
 
 def replay_stream(
-    keys: torch.Tensor,
+    keys: torch.Tensor | Callable[[torch.Tensor], torch.Tensor],
     labels: torch.Tensor,
     memory: ActiveMemory,
     batch_size: int,
     epochs: int = 1,
     seed: int = 0,
 ) -> list[float]:
-    """Stream fixed keys (e.g. features of a frozen encoder) through `memory` in shuffled batches, as
-    training would push them; returns the memory's class entropy after each epoch.
+    """Stream the keys of a held-still encoder through `memory` in shuffled batches, as training would
+    push them; returns the memory's class entropy after each epoch. `keys` is an (N, d) tensor, or a
+    function from a batch's indices to its keys (an encoder in training mode, whose BatchNorm statistics
+    depend on the batch).
 
     Separates the policy from training: with the encoder held still, does the policy, in this space,
     keep a memory more uniform over classes than the stream?
     """
+    encode = keys if callable(keys) else keys.__getitem__
     order = torch.Generator().manual_seed(seed)
     num_classes = int(labels.max()) + 1
     entropy = []
     for _ in range(epochs):
-        perm = torch.randperm(len(keys), generator=order)
+        perm = torch.randperm(len(labels), generator=order)
         for start in range(0, len(perm) - batch_size + 1, batch_size):
             chunk = perm[start : start + batch_size]
-            memory.push(keys[chunk], labels[chunk], chunk)
+            memory.push(encode(chunk), labels[chunk], chunk)
         entropy.append(memory.class_entropy(num_classes))
     return entropy
 

@@ -27,6 +27,16 @@ BATCH_MODES = ("greedy", "topk")
 BLOCK = 4096  # most keys scored as one block: a (K, BLOCK) matrix bounds what a push allocates
 
 
+def class_entropy(labels: torch.Tensor, num_classes: int) -> float:
+    """Normalised entropy in [0, 1] of a set of labels over `num_classes` classes (-1 ignored)."""
+    labels = labels[labels >= 0]
+    if labels.numel() == 0 or num_classes < 2:
+        return 0.0
+    p = torch.bincount(labels, minlength=num_classes).double() / labels.numel()
+    p = p[p > 0]
+    return float(-(p * p.log()).sum() / math.log(num_classes))
+
+
 class ActiveMemory(nn.Module):
     """K keys of dimension d used as contrastive negatives.
 
@@ -109,13 +119,7 @@ class ActiveMemory(nn.Module):
 
     def class_entropy(self, num_classes: int) -> float:
         """Normalised entropy in [0, 1] of the labels stored in memory (-1 ignored)."""
-        labels = self.labels[: self.num_filled]
-        labels = labels[labels >= 0]
-        if labels.numel() == 0 or num_classes < 2:
-            return 0.0
-        p = torch.bincount(labels, minlength=num_classes).double() / labels.numel()
-        p = p[p > 0]
-        return float(-(p * p.log()).sum() / math.log(num_classes))
+        return class_entropy(self.labels[: self.num_filled], num_classes)
 
     def class_histogram(self, num_classes: int) -> torch.Tensor:
         labels = self.labels[: self.num_filled]

@@ -21,6 +21,7 @@ from duel.data.sources import SourceData
 from duel.diagnostics import summary_metrics
 from duel.distributed import World, launched
 from duel.errors import DuelError
+from duel.memory import class_entropy
 from duel.methods import DataInfo, build_method
 from duel.train import pretrain as train
 from duel.utils import atomic_path, save_torch, seed_everything, write_json
@@ -158,6 +159,8 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
             # A final snapshot of a FIFO memory is one draw of the stream: compare memories over time.
             late = log["memory_entropy"].iloc[-max(1, len(log) // LATE_SHARE) :]
             metrics["memory_entropy_late"] = float(late.mean())
+            # What a memory that mirrors the stream holds: the class entropy of the training set.
+            metrics["stream_entropy"] = class_entropy(dataset.labels, source.num_classes)
         if diagnostics:
             final = diagnostics[-1]
             metrics["memory_head_keys"] = sum(final["histogram"][c] for c in final["head_classes"])

@@ -37,7 +37,7 @@ def test_a_rank_takes_its_block_of_each_global_batch():
     assert World().shard(order, 8).tolist() == list(range(16))
 
 
-@pytest.mark.parametrize("method", ["dmoco", "rmoco"])  # DUEL pushes; random draws from a shared seed
+@pytest.mark.parametrize("method", ["dmoco", "rmoco", "dmoco_roll"])  # DUEL; random draws; re-encoding shares
 def test_memories_are_identical_on_both_ranks_after_every_step(tmp_path, method):
     torchrun(2, "train", method, tmp_path)
     rank0, rank1 = results(tmp_path, 2)

@@ -3,10 +3,12 @@ are the ones validation enforces, the params files' comments name every allowed 
 exist, the README links only to files that exist, and the site builds in strict mode."""
 
 import importlib.util
+import os
 import re
 import subprocess
 import sys
 
+import nbformat
 import pytest
 from ruamel.yaml import YAML
 
@@ -105,6 +107,16 @@ def test_the_site_builds_in_strict_mode(tmp_path):
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "NO_MKDOCS_2_WARNING": "1"},
     )
     assert result.returncode == 0, result.stderr[-3000:]
-    assert (tmp_path / "site" / "reference" / "params" / "index.html").is_file()
+    for page in ("reference/params", "reference/cli", "notebook", "science/real-images"):
+        assert (tmp_path / "site" / page / "index.html").is_file(), page
+
+
+def test_the_committed_notebook_carries_its_outputs():
+    """The site renders the notebook as committed: it must hold the outputs of a run on the default study."""
+    nb = nbformat.read(ROOT / "notebooks" / "analysis.ipynb", as_version=4)
+    outputs = [o for c in nb.cells if c.cell_type == "code" for o in c.outputs]
+    assert sum("image/png" in o.get("data", {}) for o in outputs) == 3, "run `make notebook` after `make repro`"
+    assert not [o for o in outputs if o.output_type == "error"]
