@@ -1,11 +1,13 @@
 """Images/s of one pretraining step per method, as ratios to moco in the same process, and lightly's
-MoCo as a peer (issue: paper-scale studies, benchmark 2).
+MoCo as a peer.
 
     python benchmarks/train_step.py [--backbone resnet18_cifar] [--batch 256] [--size 32] [--memory 4096]
                                     [--batch-mode topk] [--precision bf16] [--channels-last] [--compile]
+                                    [--methods moco dmoco dmoco_roll]
 
 Each method runs `duel.train.training_step`, the step `pretrain` runs: two kornia views of a
-uint8 batch held on the device, the loss with memory negatives and push, backward, SGD. The
+uint8 batch held on the device, the loss with memory negatives and push, backward, SGD, and, for the
+methods that re-encode their memory (`dmoco_fresh`, `dmoco_roll`), the re-encoding that follows. The
 peer is lightly's MoCo (`pip install lightly==1.6.0`, not a project dependency) written as its
 examples do (MoCoProjectionHead, NTXentLoss with a memory bank, update_momentum), symmetrised
 like ours, with the same backbone, views, batch and K. Memories start full, so every timed
@@ -28,9 +30,10 @@ from torch import nn
 from duel.backbones import build_backbone
 from duel.config import PretrainConfig, RuntimeConfig
 from duel.data.augment import ssl_augmentation, to_unit
-from duel.data.datasets import Batch
+from duel.data.datasets import Batch, IndexedImages
+from duel.data.sources import ImageSet
 from duel.methods import METHODS, DataInfo, build_method
-from duel.train import training_step
+from duel.train import refresh_memory, training_step
 
 
 def sync(device: torch.device) -> None:
@@ -68,14 +71,23 @@ def ours(
     optimizer = torch.optim.SGD(method.param_groups(), lr=0.01, momentum=0.9)
     positions = torch.arange(len(images), device=device)
     batch = Batch(images, torch.zeros_like(positions), positions, positions)
-    if method.memory is not None:
-        method.memory.push(torch.randn(method.memory.size, method.memory.dim, device=device))
+    if method.memory is not None:  # full, of keys whose images the re-encoding methods can find
+        size = method.memory.size
+        method.memory.push(torch.randn(size, method.memory.dim, device=device), indices=positions.repeat(size)[:size])
     # A second epoch after a first that filled the per-sample state: BCL's augmentation and GH's loss
     # are on, as in most of a run (in the first epoch they are off).
     for state in method.sample_state().values():
         state.copy_(torch.rand(state.shape, generator=torch.Generator().manual_seed(0)))
     method.on_epoch_start(1, 2)
-    return lambda: training_step(method, augment, optimizer, batch, runtime, 0, 1)
+    dataset = IndexedImages(ImageSet(torch.zeros(len(images)).long().numpy(), images.cpu()), range(len(images)))
+
+    def step() -> torch.Tensor:
+        loss = training_step(method, augment, optimizer, batch, runtime, 0, 1)
+        if method.memory is not None and method.refresh_size():
+            refresh_memory(method, dataset, augment, cfg.batch_size, runtime)
+        return loss
+
+    return step
 
 
 def lightly_moco(
@@ -130,6 +142,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-peer", action="store_true", help="skip lightly's MoCo")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="moco first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     base = PretrainConfig(backbone=args.backbone, batch_size=args.batch, proj_dim=128)
@@ -146,7 +159,7 @@ def main() -> None:
         f"batch_mode={args.batch_mode} precision={args.precision} channels_last={args.channels_last} "
         f"compile={args.compile} threads={torch.get_num_threads()} steps={args.steps}"
     )
-    steps = {name: ours(name, cfg, runtime, images, augment) for name in METHODS}
+    steps = {name: ours(name, cfg, runtime, images, augment) for name in dict.fromkeys(["moco", *args.methods])}
     if not args.no_peer:
         steps["lightly-moco"] = lightly_moco(cfg, runtime, images, augment)
     seconds = median_seconds(steps, device, args.warmup, args.steps)
@@ -154,8 +167,11 @@ def main() -> None:
     for name, s in seconds.items():
         print(f"{name:>12} {1000 * s:>9.1f} {args.batch / s:>9.1f} {s / seconds['moco']:>8.3f}")
     peer = f", lightly-moco/moco {seconds['lightly-moco'] / seconds['moco']:.3f}" if "lightly-moco" in seconds else ""
+    ratios = ", ".join(
+        f"{n}/moco {t / seconds['moco']:.3f}" for n, t in seconds.items() if n not in ("moco", "lightly-moco")
+    )
     print(
-        f"summary: dmoco/moco step-time ratio {seconds['dmoco'] / seconds['moco']:.3f}{peer}, "
+        f"summary: {ratios}{peer}, "
         f"moco {args.batch / seconds['moco']:.0f} images/s ({args.backbone}, B={args.batch}, K={args.memory}, "
         f"{args.device})"
     )
