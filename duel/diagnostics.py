@@ -132,7 +132,7 @@ def key_drift(memory: ActiveMemory, current: torch.Tensor) -> dict[str, float]:
     for lo, hi in itertools.pairwise([*STALENESS_BINS, math.inf]):
         members = (staleness >= lo) & (staleness < hi)
         if members.any():
-            out[f"key_drift/{lo}-{hi - 1}" if hi < math.inf else f"key_drift/{lo}+"] = float(sims[members].mean())
+            out[f"key_drift/{lo}-{hi - 1 if hi < math.inf else 'inf'}"] = float(sims[members].mean())
     return out
 
 

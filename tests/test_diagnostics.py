@@ -1,4 +1,5 @@
 import math
+import re
 
 import pytest
 import torch
@@ -140,6 +141,11 @@ def test_key_drift_groups_the_similarity_to_current_keys_by_staleness():
     assert record["key_drift/8-31"] == pytest.approx(-0.5) and record["key_drift/0-1"] == pytest.approx(0.5)
     assert record["key_similarity_now"] == pytest.approx(0.0)
     assert not any(k.startswith("key_drift/") for k in memory_diagnostics(mem, [1]))  # no current keys: none
+    mem.pushes += 200  # every key 128 or more pushes old: the last group
+    record = memory_diagnostics(mem, [1], current)
+    assert set(k for k in record if k.startswith("key_drift/")) == {"key_drift/128-inf"}
+    # Every scalar is an MLflow metric name (letters, digits, _ - . space : / only).
+    assert all(re.fullmatch(r"[\w\-. :/]+", name) for name in summary_metrics(record)), list(summary_metrics(record))
 
 
 def test_replay_shows_duel_balancing_separated_classes_but_not_class_free_keys():
