@@ -27,7 +27,6 @@ COLUMNS = {  # column -> (header, scale, decimals)
     "linear_top1": ("linear (%)", 100, 1),
     "knn_top1": ("kNN (%)", 100, 1),
     "linear_few": ("few, linear (%)", 100, 1),
-    "train_seconds": ("training (s)", 1, 0),
 }
 
 
@@ -47,7 +46,7 @@ def summary(studies: dict[str, pd.DataFrame]) -> str:
     dmoco = main[main.method == "dmoco"].set_index("seed")["memory_entropy_late"]
     runs["paired"] = runs["memory_entropy_late"] - runs["seed"].map(dmoco)
     streams = sorted({round(v, 3) for v in runs.get("stream_entropy", pd.Series(dtype=float)).dropna()})
-    seeds = sorted(runs.seed.unique())
+    seeds = sorted(int(s) for s in runs.seed.unique())
     header = ["method", *(h for h, _, _ in COLUMNS.values()), "late entropy vs dmoco, same seed"]
     lines = [
         f"Mean ± std over seeds {seeds}" + (f"; stream entropy {', '.join(map(str, streams))}." if streams else "."),
