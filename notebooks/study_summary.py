@@ -46,17 +46,18 @@ def summary(studies: dict[str, pd.DataFrame]) -> str:
     dmoco = main[main.method == "dmoco"].set_index("seed")["memory_entropy_late"]
     runs["paired"] = runs["memory_entropy_late"] - runs["seed"].map(dmoco)
     streams = sorted({round(v, 3) for v in runs.get("stream_entropy", pd.Series(dtype=float)).dropna()})
-    seeds = sorted(int(s) for s in runs.seed.unique())
-    header = ["method", *(h for h, _, _ in COLUMNS.values()), "late entropy vs dmoco, same seed"]
+    stream = f"; stream entropy {', '.join(map(str, streams))}" if streams else ""
+    header = ["method", "seeds", *(h for h, _, _ in COLUMNS.values()), "late entropy vs dmoco, same seed"]
     lines = [
-        f"Mean ± std over seeds {seeds}" + (f"; stream entropy {', '.join(map(str, streams))}." if streams else "."),
+        f"Mean ± std over the seeds of each row{stream}.",
         "",
         "| " + " | ".join(header) + " |",
         "|" + "---|" * len(header),
     ]
     for row, group in runs.groupby("row", sort=False):
         cells = [cell(group[c], s, d) if c in group else "-" for c, (_, s, d) in COLUMNS.items()]
-        lines.append(f"| {row} | " + " | ".join(cells) + f" | {cell(group['paired'], 1, 3)} |")
+        seeds = ", ".join(str(int(s)) for s in sorted(group.seed))
+        lines.append(f"| {row} | {seeds} | " + " | ".join(cells) + f" | {cell(group['paired'], 1, 3)} |")
     return "\n".join(lines) + "\n"
 
 
