@@ -173,21 +173,29 @@ def main() -> None:
         model = copy.deepcopy(model).train(train)  # training-mode BatchNorm updates statistics: a copy
         return torch.no_grad()(lambda chunk: embed(model, images[chunk]))
 
-    keys_of = lambda m, x: m.memory_keys(x)  # noqa: E731
-    features_of = lambda m, x: F.normalize(m.backbone(x), dim=1)  # noqa: E731
+    def keys_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return model.memory_keys(x)
+
+    def features_of(model: nn.Module, x: torch.Tensor) -> torch.Tensor:
+        return F.normalize(model.backbone(x), dim=1)
+
+    def at_once(encode: Callable[[torch.Tensor], torch.Tensor]) -> torch.Tensor:
+        return torch.cat([encode(c) for c in torch.arange(len(idx)).split(512)])
+
     split = split_batchnorm(copy.deepcopy(method), args.splits)
-    everything = torch.arange(len(idx))
     spaces: dict[str, Callable | torch.Tensor] = {
-        "keys, eval": torch.cat([in_mode(method, keys_of, False)(c) for c in everything.split(512)]),
+        "keys, eval": at_once(in_mode(method, keys_of, False)),
         "keys, train BN per push": in_mode(method, keys_of, True),
-        f"keys, split BN x{args.splits} per push": in_mode(split, keys_of, True),
-        "backbone, eval": torch.cat([in_mode(method, features_of, False)(c) for c in everything.split(512)]),
+        f"keys, split BN x{args.splits} per push": in_mode(
+            split_batchnorm(copy.deepcopy(method), args.splits), keys_of, True
+        ),
+        "backbone, eval": at_once(in_mode(method, features_of, False)),
     }
     lines = []
     if args.reference:
         reference, accuracy = train_reference(cfg, source, manifest, args.reference, mean, std)
         with torch.no_grad():
-            ref = torch.cat([F.normalize(reference.eval()(images[c]), dim=1) for c in everything.split(512)])
+            ref = at_once(lambda chunk: F.normalize(reference.eval()(images[chunk]), dim=1))
         spaces["labelled reference backbone, eval"] = ref
         lines.append(
             f"Labelled reference encoder: {args.reference} epochs of cross-entropy on the balanced pool "
@@ -211,7 +219,7 @@ def main() -> None:
         "|---|---|---|---|",
     ]
     for name, keys in spaces.items():
-        probe = keys if torch.is_tensor(keys) else torch.cat([keys(c) for c in everything.split(batch)])
+        probe = keys if torch.is_tensor(keys) else at_once(keys)
         for policy, r in replay(keys, labels, size, probe.shape[1], batch, args.epochs, args.last, tau).items():
             lines.append(f"| {name} | {policy} | {r['entropy']:.3f} | {100 * r['same_push']:.0f} % | {r['age']:.1f} |")
         purity, same, other = class_structure(probe, labels)
