@@ -186,9 +186,7 @@ def main() -> None:
     spaces: dict[str, Callable | torch.Tensor] = {
         "keys, eval": at_once(in_mode(method, keys_of, False)),
         "keys, train BN per push": in_mode(method, keys_of, True),
-        f"keys, split BN x{args.splits} per push": in_mode(
-            split_batchnorm(copy.deepcopy(method), args.splits), keys_of, True
-        ),
+        f"keys, split BN x{args.splits} per push": in_mode(split, keys_of, True),
         "backbone, eval": at_once(in_mode(method, features_of, False)),
     }
     lines = []
