@@ -10,6 +10,7 @@ one process and every collective here is the identity.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
@@ -125,3 +126,30 @@ def gather_with_grad(x: torch.Tensor) -> tuple[torch.Tensor, int]:
     from torch.distributed.nn.functional import all_gather
 
     return torch.cat(all_gather(x)), dist.get_rank() * len(x)
+
+
+def world_size() -> int:
+    """Processes in the default process group; 1 outside one."""
+    return dist.get_world_size() if dist.is_available() and dist.is_initialized() else 1
+
+
+@torch.no_grad()
+def shuffled_apply(fn: Callable[[torch.Tensor], torch.Tensor], x: torch.Tensor) -> torch.Tensor:
+    """`fn` of `x`'s rows, computed on a random permutation of the global batch and returned in `x`'s
+    order: MoCo's shuffle-BN (facebookresearch/moco `_batch_shuffle_ddp` / `_batch_unshuffle_ddp`), so
+    the BatchNorm statistics a key sees come from other images than its query's. Data-parallel: the
+    ranks' batches (equal sizes) are gathered, rank 0's permutation is shared, each rank computes `fn`
+    on its block of the permuted batch and takes back its own rows' results. One process: a
+    permutation of `x` alone."""
+    size = world_size()
+    order = torch.randperm(len(x) * size, device=x.device)
+    if size == 1:
+        return fn(x[order])[order.argsort()]
+    dist.broadcast(order, 0)
+    pieces = [torch.empty_like(x) for _ in range(size)]
+    dist.all_gather(pieces, x.contiguous())
+    rank = dist.get_rank()
+    out = fn(torch.cat(pieces)[order.view(size, -1)[rank]]).contiguous()
+    gathered = [torch.empty_like(out) for _ in range(size)]
+    dist.all_gather(gathered, out)
+    return torch.cat(gathered)[order.argsort()].view(size, len(x), *out.shape[1:])[rank]

@@ -2,11 +2,15 @@
 
     python -m torch.distributed.run --nproc-per-node 2 tests/ddp_worker.py train dmoco OUT [--die-at N] [--resume]
     python -m torch.distributed.run --nproc-per-node 2 tests/ddp_worker.py steps simclr OUT
+    python -m torch.distributed.run --nproc-per-node 2 tests/ddp_worker.py shuffle - OUT
 
 train: `duel.train.pretrain` on 128 digits, 8 images per rank and step, 3 epochs, a checkpoint per
 epoch; every rank writes the hash of its memory and per-sample state after every step and its final
 state. steps: three `training_step`s on fixed global batches of 16 with fixed views (view 2 = view 1
 flipped) and BatchNorm in eval mode, so one process and two ranks see the same global computation.
+shuffle: `shuffled_apply` on 6 rows per rank (row values tell their rank and position) of a row-wise
+function and of one that tags each row with the rank that computed it. `--bn-splits N`: the method's
+shuffle-BN over N groups of the global batch.
 """
 
 from __future__ import annotations
@@ -25,7 +29,7 @@ from duel.config import DataConfig, RuntimeConfig, to_dict
 from duel.data.augment import ssl_augmentation
 from duel.data.datasets import IndexedImages
 from duel.data.sources import load_digits
-from duel.distributed import World
+from duel.distributed import World, shuffled_apply
 from duel.methods import DataInfo, build_method
 from duel.train import _shared_state, data_parallel, pretrain, training_step
 from duel.utils import seed_everything
@@ -52,19 +56,30 @@ def digest(tensors: dict[str, torch.Tensor]) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser()
-    parser.add_argument("mode", choices=["train", "steps"])
+    parser.add_argument("mode", choices=["train", "steps", "shuffle"])
     parser.add_argument("method")
     parser.add_argument("out", type=Path)
     parser.add_argument("--die-at", type=int, default=-1)
     parser.add_argument("--resume", action="store_true")
+    parser.add_argument("--bn-splits", type=int, default=1)
     args = parser.parse_args()
     world = World.from_launcher("cpu")
-    cfg = parse_config({"pretrain": PRETRAIN}).pretrain
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.mode == "shuffle":
+        rows = torch.arange(6.0).unsqueeze(1) + 100 * world.rank
+        torch.manual_seed(world.rank)  # the ranks' own random states differ; rank 0's permutation is used
+        rowwise = shuffled_apply(lambda x: 2 * x, rows)
+        computed_by = shuffled_apply(lambda x: torch.full_like(x, world.rank), rows)
+        result = {"rows": rows.tolist(), "rowwise": rowwise.tolist(), "computed_by": computed_by.tolist()}
+        (args.out / f"rank{world.rank}.json").write_text(json.dumps(result))
+        world.close()
+        return
+    kwargs = {args.method: {"bn_splits": args.bn_splits}} if args.bn_splits > 1 else {}
+    cfg = parse_config({"pretrain": {**PRETRAIN, "method_kwargs": kwargs}}).pretrain
     source = load_digits(DataConfig(), RuntimeConfig())
     seed_everything(0)
     dataset = IndexedImages(source.train, list(range(128)))
     method = build_method(args.method, cfg, DataInfo(1, len(dataset), 10))
-    args.out.mkdir(parents=True, exist_ok=True)
 
     if args.mode == "train":
         hashes = []

@@ -37,14 +37,28 @@ def test_a_rank_takes_its_block_of_each_global_batch():
     assert World().shard(order, 8).tolist() == list(range(16))
 
 
-@pytest.mark.parametrize("method", ["dmoco", "rmoco", "dmoco_roll"])  # DUEL; random draws; re-encoding shares
-def test_memories_are_identical_on_both_ranks_after_every_step(tmp_path, method):
-    torchrun(2, "train", method, tmp_path)
+@pytest.mark.parametrize(
+    "method, options",
+    [("dmoco", []), ("rmoco", []), ("dmoco_roll", ["--bn-splits", 4])],  # DUEL; random draws; re-encoding shares
+)
+def test_memories_are_identical_on_both_ranks_after_every_step(tmp_path, method, options):
+    """dmoco_roll with shuffle-BN over 4 groups: 2 split BatchNorm groups per rank, keys across ranks."""
+    torchrun(2, "train", method, tmp_path, *options)
     rank0, rank1 = results(tmp_path, 2)
     assert len(rank0["hashes"]) == 3 * (128 // 16) and rank0["hashes"] == rank1["hashes"]
     assert len(set(rank0["hashes"])) == len(rank0["hashes"])  # the memory changed at every step
     assert rank0["final"] == rank1["final"]  # weights, key encoder and memory alike
     assert rank0["losses"] == rank1["losses"]  # the global mean, reported by every rank
+
+
+def test_shuffle_bn_across_ranks_computes_keys_on_a_shared_permutation_and_returns_each_rank_its_rows(tmp_path):
+    torchrun(2, "shuffle", "-", tmp_path)
+    ranks = results(tmp_path, 2)
+    for rank in ranks:  # every rank gets its own rows' results back, in its order
+        assert rank["rowwise"] == [[2 * v for v in row] for row in rank["rows"]]
+    computed_by = [row[0] for rank in ranks for row in rank["computed_by"]]
+    assert sorted(computed_by) == [0] * 6 + [1] * 6  # each rank computed half of the global batch
+    assert computed_by[:6] != [0] * 6  # ... drawn across the ranks (rank 0's permutation), not its own rows
 
 
 def test_a_killed_two_rank_run_resumes_to_the_uninterrupted_result(tmp_path):

@@ -153,7 +153,7 @@ def test_gh_switches_on_after_warmup_and_estimates_the_prior(tiny_config):
         ({"bcl": {"beta": -0.1}}, "pretrain.method_kwargs.bcl.beta=-0.1 is not allowed: must be in [0, 1)"),
         (
             {"gh": {"num_targets": 100}},
-            "pretrain.method_kwargs.gh.num_targets=100 is not allowed: must be in [2, pretrain",
+            "pretrain.method_kwargs.gh.num_targets=100 is not allowed: 0 or in [2, pretrain",
         ),
         ({"sdclr": {"ratio": 0.5}}, "pretrain.method_kwargs.sdclr.ratio=0.5 is not allowed: unknown key"),
     ],
@@ -164,6 +164,9 @@ def test_bad_method_params_fail_in_one_line(kwargs, message):
     assert message in str(info.value) and "\n" not in str(info.value)
 
 
-def test_gh_with_default_targets_is_refused_when_the_projection_is_smaller():
+def test_gh_default_targets_follow_the_projection_width():
+    for proj_dim, k in ((64, 64), (128, 100), (16, 16)):
+        cfg = parse_config({"pretrain": {"proj_dim": proj_dim}}).pretrain
+        assert build_method("gh", cfg, DataInfo(channels=1, num_samples=4)).targets.shape == (k, proj_dim)
     with pytest.raises(ConfigError, match=r"gh\.num_targets=100 .* pretrain\.proj_dim=64"):
-        parse_config({"sweep": {"methods": ["gh"]}})
+        parse_config({"sweep": {"methods": ["gh"]}, "pretrain": {"method_kwargs": {"gh": {"num_targets": 100}}}})

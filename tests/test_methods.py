@@ -167,3 +167,13 @@ def test_moco_with_shuffle_bn_keeps_plain_state_dict_keys_and_shuffles_only_the_
     bad = {"batch_size": 8, "memory": {"size": 32}, "method_kwargs": {"dmoco": {"bn_splits": 3}}}
     with pytest.raises(ConfigError, match=r"bn_splits=3 is not allowed: must be >= 1 and divide"):
         parse_config({"pretrain": bad})
+    # Data-parallel: groups of the global batch, the same number on every process.
+    parallel = {"batch_size": 8, "memory": {"size": 32}, "nproc_per_node": 2}
+    for splits in (2, 4, 16):
+        parse_config({"pretrain": {**parallel, "method_kwargs": {"dmoco": {"bn_splits": splits}}}})
+    for splits in (3, 32):
+        with pytest.raises(ConfigError, match=rf"bn_splits={splits} is not allowed: must be 1 or a multiple of the 2"):
+            parse_config({"pretrain": {**parallel, "method_kwargs": {"dmoco": {"bn_splits": splits}}}})
+    synced = {**parallel, "sync_batchnorm": True, "method_kwargs": {"dmoco": {"bn_splits": 2}}}
+    with pytest.raises(ConfigError, match=r"bn_splits=2 is not allowed: 1 with pretrain.sync_batchnorm: true"):
+        parse_config({"pretrain": synced, "runtime": {"device": "cuda"}})

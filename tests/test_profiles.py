@@ -48,6 +48,17 @@ def test_every_profile_is_valid_complete_and_params_yaml_is_the_digits_profile()
     assert (ROOT / "params.yaml").read_text() == (ROOT / "params" / "digits.yaml").read_text()
 
 
+@pytest.mark.parametrize("method", sorted(METHODS))
+def test_every_method_can_join_every_profiles_sweep_with_its_defaults(method):
+    for path in sorted((ROOT / "params").glob("*.yaml")):
+        values = yaml.safe_load(path.read_text())
+        values["sweep"]["methods"] = [m for m in values["sweep"]["methods"] if m != method] + [method]
+        try:
+            parse_config(values)
+        except ConfigError as error:
+            pytest.fail(f"{path.name} with {method}: {error}")
+
+
 def test_use_profile_applies_overrides_keeps_comments_and_refuses_bad_values(tmp_path):
     env = copy_project(tmp_path)
     out = use_profile(tmp_path, env, "cifar10_exp", "--set", "runtime.data_root=/data/c10", "--set", "sweep.seeds=[4]")

@@ -28,7 +28,9 @@ from duel.methods.base import DataInfo, SSLMethod, StepOutput, pair_mean
 
 @dataclass(frozen=True)
 class GHParams:
-    num_targets: int = 100  # [GH] --target_dim 100 (K; at most pretrain.proj_dim)
+    # [GH] --target_dim 100 (K), at most pretrain.proj_dim (the ETF lives in R^proj_dim); 0: min(100, proj_dim),
+    # so the default fits every projection width
+    num_targets: int = 0
     w_gh: float = 1.0  # [GH] the ramp ends at weight 1
     warmup: float = 0.5  # fraction of the epochs before GH switches on ([GH] README: --warm_up 500 of 1000)
     ramp: float = 0.01  # fraction of the epochs over which its weight rises ([GH] GH_warm_up 10 of 1000)
@@ -39,6 +41,11 @@ class GHParams:
     ema_warmup: float = 0.9  # [GH] score EMA momentum during the warm-up ...
     ema: float = 0.999  # [GH] --beta: ... and after it
     seed: int = 0  # draws the ETF
+
+
+def target_count(params: GHParams, cfg: PretrainConfig) -> int:
+    """K: `num_targets`, or min(100, proj_dim) where it is 0."""
+    return params.num_targets or min(100, cfg.proj_dim)
 
 
 def simplex_etf(k: int, d: int, generator: torch.Generator) -> torch.Tensor:
@@ -78,16 +85,17 @@ class GH(SSLMethod):
     def __init__(self, cfg: PretrainConfig, data: DataInfo, params: Any = None) -> None:
         super().__init__(cfg, data, params)
         p = self.params
-        self.register_buffer("targets", simplex_etf(p.num_targets, cfg.proj_dim, torch.Generator().manual_seed(p.seed)))
-        self.register_buffer("prior", torch.full((p.num_targets,), 1.0 / p.num_targets))
-        self.register_sample_state("score_ema", p.num_targets)  # per sample: moving average of its target scores
+        k = target_count(p, cfg)
+        self.register_buffer("targets", simplex_etf(k, cfg.proj_dim, torch.Generator().manual_seed(p.seed)))
+        self.register_buffer("prior", torch.full((k,), 1.0 / k))
+        self.register_sample_state("score_ema", k)  # per sample: moving average of its target scores
         self.weight = 0.0  # GH's weight in this epoch
         self.ema = p.ema_warmup
 
     @classmethod
     def check_params(cls, params: GHParams, key: str, cfg: PretrainConfig) -> None:
-        if not 2 <= params.num_targets <= cfg.proj_dim:
-            allowed = f"must be in [2, pretrain.proj_dim={cfg.proj_dim}]: the targets are a simplex ETF in R^proj_dim"
+        if not 2 <= target_count(params, cfg) <= cfg.proj_dim:
+            allowed = f"0 or in [2, pretrain.proj_dim={cfg.proj_dim}]: the targets are a simplex ETF in R^proj_dim"
             raise ConfigError(f"{key}.num_targets", params.num_targets, allowed)
         for name in ("w_gh", "sinkhorn_epsilon", "temperature"):
             if getattr(params, name) <= 0:

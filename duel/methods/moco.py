@@ -11,6 +11,7 @@ import torch.nn.functional as F
 
 from duel.backbones import split_batchnorm
 from duel.config import PretrainConfig
+from duel.distributed import shuffled_apply, world_size
 from duel.errors import ConfigError
 from duel.losses import info_nce
 from duel.methods.base import DataInfo, SSLMethod, StepOutput, pair_mean
@@ -18,9 +19,11 @@ from duel.methods.base import DataInfo, SSLMethod, StepOutput, pair_mean
 
 @dataclass(frozen=True)
 class MoCoParams:
-    # MoCo's shuffle-BN on one device, as in facebookresearch/moco's CIFAR-10 demo (bn_splits 8 there):
-    # BatchNorm statistics over this many sub-batches in both encoders, and the key batch shuffled
-    # before the key encoder, so a query and its key never share statistics. 1: plain BatchNorm.
+    # MoCo's shuffle-BN: BatchNorm statistics over this many groups of the global batch in both
+    # encoders, and the key batch shuffled before the key encoder, so a query and its key never share
+    # statistics. One process: interleaved sub-batches, as facebookresearch/moco's CIFAR-10 demo
+    # (bn_splits 8 there). N processes: each holds bn_splits / N groups and the key batch is shuffled
+    # across the processes, as its main_moco.py (bn_splits N: one group per process). 1: plain BatchNorm.
     bn_splits: int = 1
 
 
@@ -30,19 +33,25 @@ class MoCo(SSLMethod):
 
     def __init__(self, cfg: PretrainConfig, data: DataInfo, params: Any = None) -> None:
         super().__init__(cfg, data, params)
-        if self.params.bn_splits > 1:
-            split_batchnorm(self.backbone, self.params.bn_splits)
+        local = self.params.bn_splits // world_size()  # this process's BatchNorm groups
+        if local > 1:
+            split_batchnorm(self.backbone, local)
         self.key_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
         self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
 
     @classmethod
     def check_params(cls, params: MoCoParams, key: str, cfg: PretrainConfig) -> None:
-        splits = params.bn_splits
-        if splits < 1 or cfg.batch_size % splits:
-            allowed = f"must be >= 1 and divide pretrain.batch_size={cfg.batch_size}"
+        # Checked before the launch (nproc_per_node) and again in each process (torchrun's world size).
+        splits, nproc = params.bn_splits, max(cfg.nproc_per_node, world_size())
+        batch = cfg.batch_size
+        if nproc == 1 and (splits < 1 or batch % splits):
+            raise ConfigError(f"{key}.bn_splits", splits, f"must be >= 1 and divide pretrain.batch_size={batch}")
+        if nproc > 1 and splits != 1 and (splits < 1 or splits % nproc or batch % (splits // nproc)):
+            allowed = f"must be 1 or a multiple of the {nproc} processes, each share dividing "
+            allowed += f"pretrain.batch_size={batch}"
             raise ConfigError(f"{key}.bn_splits", splits, allowed)
-        if splits > 1 and cfg.nproc_per_node > 1:
-            allowed = "1 under data-parallel training: split statistics across processes are not implemented"
+        if splits > 1 and cfg.sync_batchnorm:
+            allowed = "1 with pretrain.sync_batchnorm: true (statistics of the whole global batch: nothing to shuffle)"
             raise ConfigError(f"{key}.bn_splits", splits, allowed)
 
     def momentum_pairs(self):
@@ -52,9 +61,7 @@ class MoCo(SSLMethod):
     def keys(self, images: torch.Tensor) -> torch.Tensor:
         if self.params.bn_splits == 1 or not self.training:
             return F.normalize(self.key_projector(self.key_backbone(images)), dim=1)
-        order = torch.randperm(len(images), device=images.device)  # shuffle-BN
-        keys = F.normalize(self.key_projector(self.key_backbone(images[order])), dim=1)
-        return keys[order.argsort()]
+        return shuffled_apply(lambda x: F.normalize(self.key_projector(self.key_backbone(x)), dim=1), images)
 
     def memory_keys(self, views: torch.Tensor) -> torch.Tensor:
         return self.keys(views)
