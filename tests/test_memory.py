@@ -23,11 +23,27 @@ def test_incremental_scores_match_full_recompute(batch_mode):
 def test_greedy_evicts_the_most_duplicated_key():
     mem = ActiveMemory(3, 2, policy="duel", temperature=0.5)
     a, near_a, b = torch.tensor([[1.0, 0.0], [0.99, 0.14], [0.0, 1.0]])
-    mem.push(torch.stack([a, near_a, b]), labels=torch.tensor([0, 0, 1]))
-    # a and near_a duplicate each other; b is alone. Ties between a and near_a go to the first.
-    assert mem.scores[2] < mem.scores[0]
-    mem.push(torch.tensor([[-1.0, 0.0]]), labels=torch.tensor([2]))
-    assert sorted(mem.labels.tolist()) == [0, 1, 2]  # one of the duplicated pair was evicted, b survived
+    mem.push(torch.stack([a, near_a, b]), labels=torch.tensor([0, 0, 1]), indices=torch.tensor([0, 1, 2]))
+    # a and near_a duplicate each other; b is alone. near_a, which also leans towards b, scores highest.
+    assert mem.scores[1] > mem.scores[0] > mem.scores[2]
+    mem.push(torch.tensor([[-1.0, 0.0]]), labels=torch.tensor([2]), indices=torch.tensor([3]))
+    assert mem.indices.tolist() == [0, 3, 2]  # near_a's slot, and only it, holds the new key
+
+
+def test_duel_never_looks_at_labels_the_same_keys_with_permuted_labels_evict_the_same_slots():
+    g = torch.Generator().manual_seed(5)
+    stream = list(dominant_stream(steps=12, batch=24, dim=16))
+    permuted = [labels[torch.randperm(len(labels), generator=g)] for _, labels in stream]
+    assert any(not torch.equal(a, b) for a, b in zip(permuted, (labels for _, labels in stream), strict=True))
+    for policy, batch_mode in [("fifo", "greedy"), ("random", "greedy"), ("duel", "greedy"), ("duel", "topk")]:
+        memories = [ActiveMemory(48, 16, policy, 0.1, batch_mode, num_classes=10) for _ in range(2)]
+        for step, ((keys, labels), other) in enumerate(zip(stream, permuted, strict=True)):
+            indices = torch.arange(len(keys)) + step * len(keys)
+            memories[0].push(keys, labels, indices)
+            memories[1].push(keys, other, indices)
+        a, b = memories
+        assert torch.equal(a.indices, b.indices), (policy, batch_mode)
+        assert torch.equal(a.keys, b.keys) and torch.equal(a.scores, b.scores), (policy, batch_mode)
 
 
 def test_fifo_overwrites_the_oldest_slot():
@@ -59,18 +75,22 @@ def test_class_entropy():
     assert mem.class_entropy(4) == pytest.approx(float(-(p * p.log()).sum() / math.log(4)))
 
 
-def test_state_dict_round_trip_restores_every_slot_array():
-    mem = ActiveMemory(16, 8, policy="duel")
-    mem.push(unit(20, 8), labels=torch.arange(20) % 3, indices=torch.arange(20))
+@pytest.mark.parametrize("policy", ["fifo", "random", "duel"])
+def test_state_dict_round_trip_restores_every_slot_array(policy):
+    mem = ActiveMemory(16, 8, policy=policy, num_classes=3)
+    mem.seed(7)
+    for step in range(3):  # the memory fills and evicts: counters, birth pushes and draws all move
+        mem.push(unit(9, 8, seed=step), labels=torch.arange(9) % 3, indices=torch.arange(9) + 9 * step)
     mem.rekey(mem.refresh_window(5), unit(5, 8, seed=4))
-    clone = ActiveMemory(16, 8, policy="duel")
+    clone = ActiveMemory(16, 8, policy=policy, num_classes=3)
     clone.load_state_dict(mem.state_dict())
     assert clone.state_dict().keys() == mem.state_dict().keys()
     for name, value in mem.state_dict().items():  # every buffer and the random generator's state
         assert torch.equal(clone.state_dict()[name], value), name
-    mem.push(unit(5, 8, seed=3))
-    clone.push(unit(5, 8, seed=3))
-    assert torch.equal(clone.keys, mem.keys)
+    for m in (mem, clone):  # the next pushes (random draws included) continue alike
+        m.push(unit(9, 8, seed=3), labels=torch.arange(9) % 3, indices=torch.arange(27, 36))
+    for name, value in mem.state_dict().items():
+        assert torch.equal(clone.state_dict()[name], value), name
 
 
 def dominant_stream(steps: int, batch: int, dim: int, seed: int = 0):
