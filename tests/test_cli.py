@@ -1,9 +1,11 @@
 """Stage commands on bad input: one line naming the problem, a non-zero exit, nothing written."""
 
 import os
+import shutil
 import signal
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import mlflow
@@ -14,7 +16,6 @@ import yaml
 from pipeline import cli
 from pipeline import pretrain as stage
 from pipeline.common import CHECKPOINTS
-from pipeline.tracking import StageKilled
 from tests.project_copy import ROOT, free_port
 from tests.tracking_server import tracking_server
 
@@ -24,7 +25,9 @@ def project(tmp_path, monkeypatch):
     """An empty working directory with the default params; MLflow pointed at a temp store."""
     (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
     monkeypatch.chdir(tmp_path)
-    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / 'mlflow.db'}")
+    # A new file name each test: tmp_path is reused once a test passes (tmp_path_retention_policy), and
+    # MLflow keeps an engine per URI open in this process, which would read the deleted store.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"sqlite:///{tmp_path / f'mlflow-{uuid.uuid4().hex[:8]}.db'}")
     return tmp_path
 
 
@@ -98,7 +101,8 @@ def test_process_exit_code_and_stderr(project):
     ]
 
 
-def test_killed_pretrain_leaves_nothing_and_resumes_into_the_same_run(project, monkeypatch, capsys):
+@pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])  # a scheduler's stop; Ctrl-C
+def test_a_stopped_pretrain_leaves_nothing_and_resumes_into_the_same_run(project, monkeypatch, capsys, signum):
     set_params(project, "prepare", n_max=20)
     set_params(project, "pretrain", epochs=3, batch_size=16, checkpoint_every=1, memory={"size": 32})
     monkeypatch.setattr(sys, "argv", ["pipeline", "prepare", "--imbalance", "10"])
@@ -112,7 +116,7 @@ def test_killed_pretrain_leaves_nothing_and_resumes_into_the_same_run(project, m
         def step(record):
             on_step(record)
             if record["step"] == 8:  # 4 steps per epoch: after the epoch-1 checkpoint
-                raise StageKilled("SIGTERM")  # what the stage's signal handler raises
+                os.kill(os.getpid(), signum)  # the stage's own handler unwinds it
 
         return train(*args, on_step=step, **kwargs)
 
@@ -121,6 +125,9 @@ def test_killed_pretrain_leaves_nothing_and_resumes_into_the_same_run(project, m
     assert code == 130 and "--resume" in err
     assert not (project / "outputs/pretrain").exists()
     assert (project / "checkpoints/moco-imb10-lt-d0-s0/last.pt").exists()
+    client = mlflow.MlflowClient()
+    killed = client.search_runs([client.get_experiment_by_name("duel-digits").experiment_id], "tags.stage = 'pretrain'")
+    assert [r.info.status for r in killed] == ["KILLED"]
 
     monkeypatch.setattr(stage, "train", train)
     assert run_stage([*PRETRAIN, "--resume"], monkeypatch, capsys)[0] == 0
@@ -133,7 +140,6 @@ def test_killed_pretrain_leaves_nothing_and_resumes_into_the_same_run(project, m
     }
     assert not (project / "checkpoints/moco-imb10-lt-d0-s0").exists()
 
-    client = mlflow.MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("duel-digits").experiment_id], "tags.stage = 'pretrain'")
     assert [r.info.status for r in runs] == ["FINISHED"]  # the killed run was reopened, not duplicated
     steps = sorted({m.step for m in client.get_metric_history(runs[0].info.run_id, "train/loss")})
@@ -166,16 +172,30 @@ cli.main()
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("flush_every", [200, 1])  # steps buffered at the kill / already sent past the checkpoint
-def test_sigkilled_pretrain_resumes_with_every_step_metric_exactly_once(project, flush_every):
+@pytest.mark.parametrize(
+    "method, flush_every",  # steps buffered at the kill / already sent past the checkpoint
+    [("rmoco", 200), ("dmoco_roll", 1)],  # random draws of the memory's generator; the refresh window's pointer
+)
+def test_a_sigkilled_pretrain_resumes_to_the_uninterrupted_bytes_with_every_step_metric_once(
+    project, tmp_path, method, flush_every
+):
     set_params(project, "prepare", n_max=20)
     set_params(project, "pretrain", epochs=3, batch_size=16, checkpoint_every=1, memory={"size": 32})
     env = {**os.environ, "PYTHONPATH": str(ROOT), "STEP_FLUSH": str(flush_every)}
+    argv = ["pretrain", "--method", method, "--imbalance", "10", "--seed", "0"]
+    out = project / f"outputs/pretrain/{method}-imb10-lt-d0-s0"
     subprocess.run([sys.executable, "-m", "pipeline", "prepare", "--imbalance", "10"], env=env, check=True)
-    killed = subprocess.run([sys.executable, "-c", KILLED_AT_STEP, *PRETRAIN], env=env, capture_output=True)
+    elsewhere = {**env, "MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path / 'uninterrupted.db'}"}
+    subprocess.run([sys.executable, "-m", "pipeline", *argv], env=elsewhere, check=True)
+    uninterrupted = {name: (out / name).read_bytes() for name in ("model.pt", "memory.pt")}
+    shutil.rmtree(out)
+
+    killed = subprocess.run([sys.executable, "-c", KILLED_AT_STEP, *argv], env=env, capture_output=True)
     assert killed.returncode == -signal.SIGKILL
-    assert not (project / "outputs/pretrain").exists()
-    subprocess.run([sys.executable, "-m", "pipeline", *PRETRAIN, "--resume"], env=env, check=True)
+    assert not out.exists()
+    subprocess.run([sys.executable, "-m", "pipeline", *argv, "--resume"], env=env, check=True)
+    for name, data in uninterrupted.items():
+        assert (out / name).read_bytes() == data, name
 
     client = mlflow.MlflowClient()
     runs = client.search_runs([client.get_experiment_by_name("duel-digits").experiment_id], "tags.stage = 'pretrain'")

@@ -9,7 +9,7 @@ from duel.config import RuntimeConfig, to_dict
 from duel.data.augment import ssl_augmentation, to_unit
 from duel.data.datasets import IndexedImages
 from duel.errors import DuelError
-from duel.methods import DataInfo, build_method
+from duel.methods import METHODS, DataInfo, build_method
 from duel.train import pretrain
 from duel.utils import seed_everything
 
@@ -46,10 +46,11 @@ def run(tiny_source, cfg, checkpoint, resume=False, stop_at_step=None, name="dmo
     return method, history
 
 
-@pytest.mark.parametrize("name", ["dmoco", "dmoco_roll", "sdclr", "bcl", "gh"])
+@pytest.mark.parametrize("name", sorted(METHODS))
 def test_resume_ends_identical_to_an_uninterrupted_run(tiny_source, tiny_config, tmp_path, name):
-    """Weights, memory, SDCLR's mask and per-sample state (BCL's scores, GH's score averages) alike;
-    dmoco_roll with its window's pointer and shuffle-BN's draws."""
+    """Every method: weights, memory (random eviction's generator included), SDCLR's mask and per-sample
+    state (BCL's scores, GH's score averages) alike; dmoco_roll with its window's pointer and
+    shuffle-BN's draws."""
     kwargs = {**tiny_config.pretrain.method_kwargs, "dmoco_roll": {"max_staleness": 3, "bn_splits": 2}}
     tiny_config = replace(tiny_config, pretrain=replace(tiny_config.pretrain, method_kwargs=kwargs))
     full, full_history = run(tiny_source, tiny_config, tmp_path / "full.pt", name=name)
