@@ -5,16 +5,22 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # mkdocs-material prints a banner about its successor on every build otherwise.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup repro test docs notebook ui server
+.PHONY: setup lock repro test docs notebook ui server
 
-$(VENV)/.installed: pyproject.toml
+# The locked environment: every package at the version and file hash of requirements.lock, then the
+# project itself (`make lock` rewrites the lock after a pin in pyproject.toml changes).
+$(VENV)/.installed: pyproject.toml requirements.lock
 	python3 -m venv $(VENV)
 	# pip compiles every module now (not --no-compile): where PYTHONDONTWRITEBYTECODE is set, as on the
 	# reference and CI machines, Python never writes a .pyc itself, and every stage would compile its imports.
-	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check -e '.[dev]'
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
+	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --no-deps -e .
 	touch $@
 
 setup: $(VENV)/.installed
+
+lock: setup
+	python tools/lock.py
 
 repro: setup
 	dvc repro

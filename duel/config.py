@@ -153,6 +153,10 @@ class RuntimeConfig:
     compile: bool = False  # torch.compile the backbones
     data_on_device: bool | None = None  # hold the uint8 training set on the device; null: when CUDA and <= 96 px
     cache_dir: str | None = "~/.cache/duel"  # decoded sources the stages share (duel/data/cache.py); null: off
+    threads: int | None = None  # CPU threads of torch's kernels; null: torch's default (one per core)
+    # the same bytes on any x86-64 CPU: baseline kernels (no AVX) and `threads` (1 when null), set before
+    # torch is imported (pipeline/portable.py); slower, see docs/reproducibility.md
+    portable: bool = False
 
 
 @dataclass(frozen=True)

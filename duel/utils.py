@@ -15,6 +15,9 @@ from typing import Any, TypeVar
 import numpy as np
 import torch
 
+from duel.config import RuntimeConfig
+from duel.errors import DuelError
+
 T = TypeVar("T")
 
 
@@ -24,6 +27,20 @@ def seed_everything(seed: int, device: str = "cpu") -> None:
     torch.manual_seed(seed)
     if device == "cpu":
         torch.use_deterministic_algorithms(True)
+
+
+def configure_cpu(runtime: RuntimeConfig) -> None:
+    """torch's thread count from `runtime.threads`, and under `runtime.portable` a check that the
+    baseline kernels are in use: their variables only work when set before torch is imported."""
+    if runtime.portable and torch.backends.cpu.get_cpu_capability() != "DEFAULT":
+        raise DuelError(
+            "runtime.portable: torch was imported before the setting could pin its kernels; run the stage as "
+            "`python -m pipeline ...`, or set ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE "
+            "ONEDNN_MAX_CPU_ISA=SSE41 OMP_NUM_THREADS=<threads> before starting Python"
+        )
+    threads = runtime.threads or (1 if runtime.portable else None)
+    if threads:
+        torch.set_num_threads(threads)
 
 
 def rng_states() -> dict[str, Any]:

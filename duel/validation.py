@@ -145,6 +145,9 @@ def validate(cfg: StudyConfig) -> None:
     _require(rt.precision in ("fp32", "bf16"), "runtime.precision", rt.precision, "fp32 or bf16")
     _require(not (d.lazy and rt.data_on_device), "runtime.data_on_device", True, "lazy images stay on the host")
     _require(rt.num_workers >= 0, "runtime.num_workers", rt.num_workers, "must be >= 0")
+    _require(rt.threads is None or rt.threads >= 1, "runtime.threads", rt.threads, "must be >= 1 or null")
+    cpu_only = "CPU runs only: GPU kernels are not pinned (docs/reproducibility.md); set it false"
+    _require(not (rt.portable and rt.device != "cpu"), "runtime.portable", rt.portable, cpu_only)
     for head in pr.heads:
         _require(head in HEADS, "probe.heads", head, f"known heads: {', '.join(HEADS)}")
     _require(pr.head_epochs >= 1, "probe.head_epochs", pr.head_epochs, "must be >= 1")

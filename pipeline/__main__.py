@@ -1,3 +1,9 @@
-from pipeline.cli import main
+import sys
+
+from pipeline.portable import apply
+
+apply(sys.argv[1:])  # before anything imports torch
+
+from pipeline.cli import main  # noqa: E402
 
 main()

@@ -16,6 +16,7 @@ from duel.data.cache import cached_source
 from duel.data.longtail import check_manifest
 from duel.data.sources import SourceData
 from duel.errors import ConfigError, DuelError
+from duel.utils import configure_cpu
 from duel.validation import parse_config, validate_imbalance
 
 # Command-line options shared by the stages.
@@ -41,7 +42,9 @@ def load_params(path: Path) -> StudyConfig:
         values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise DuelError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    return parse_config(values)
+    cfg = parse_config(values)
+    configure_cpu(cfg.runtime)  # every stage and tool loads its params first
+    return cfg
 
 
 def stage_name(stage: str, *parts: Any) -> str:
