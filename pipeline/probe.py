@@ -97,15 +97,14 @@ def probe(
     check_imbalance(cfg, imbalance)
     check_train_set(train_set)
     key = RunKey(method, imbalance, train_set, draw, seed)
-    pc = cfg.probe
-    source, manifest = load_data(cfg, imbalance, draw)
+    source, manifest = load_data(cfg, imbalance, draw)  # bad inputs fail here, before any run or output
     encoder, normalize = load_encoder(key)
-
-    tic = time.perf_counter()
-    metrics, test = probe_encoder(encoder, normalize, source, manifest, cfg)
-    metrics["probe_seconds"] = time.perf_counter() - tic  # benchmarks/repro.py: compute vs. overhead
-    config = {**key.config(), "probe": to_dict(pc)}
+    config = {**key.config(), "probe": to_dict(cfg.probe)}
+    # The MLflow run spans the stage's work, so the runs table's durations are the stage's.
     with StageRun("probe", key.stage("probe"), config, cfg.tracking.experiment) as run:
+        tic = time.perf_counter()
+        metrics, test = probe_encoder(encoder, normalize, source, manifest, cfg)
+        metrics["probe_seconds"] = time.perf_counter() - tic  # benchmarks/repro.py: compute vs. overhead
         out = key.probe_dir
         with atomic_path(out / "test_features.npz") as tmp, tmp.open("wb") as fh:
             np.savez_compressed(fh, features=test.features, labels=test.labels)

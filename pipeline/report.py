@@ -329,7 +329,19 @@ def summary_key(method: str, train_set: str, where: str, column: str) -> str:
 def report(params: ParamsOption = PARAMS) -> None:
     """Aggregate every run into reports/: Markdown + CSV tables, plots, t-SNE maps."""
     cfg = load_params(params)
-    runs = collect(cfg)
+    runs = collect(cfg)  # a missing or damaged output fails here, before any run
+    config = {"sweep": to_dict(cfg.sweep), "report": to_dict(cfg.report)}
+    # The MLflow run spans the stage's work, so the runs table's durations are the stage's.
+    with StageRun("report", "report", config, cfg.tracking.experiment) as run:
+        run.log_metrics(build_report(cfg, runs))
+        figures = REPORTS / "figures"
+        for path in sorted(REPORTS.glob("*.*")) + sorted(figures.glob("*.png")):
+            run.log_artifact(path, "figures" if path.parent == figures else None)
+
+
+def build_report(cfg: StudyConfig, runs: pd.DataFrame) -> dict[str, float]:
+    """Write every table, figure and summary.json of reports/ from the runs table; returns the summary
+    (one mean per cell)."""
     axis = "rho" if cfg.prepare.profile == "dominant" else "r"
     worst = max(cfg.sweep.imbalance)  # the most imbalanced setting, for r and rho alike
     with_memory = set(runs.dropna(subset=["memory_entropy"]).method) if "memory_entropy" in runs else set()
@@ -406,8 +418,4 @@ def report(params: ParamsOption = PARAMS) -> None:
             plot_tail_risk(diagnostics, f"tail risk, final memory ({where})", figures / "tail_risk.png")
 
     write_json(REPORTS / "summary.json", summary)
-    config = {"sweep": to_dict(cfg.sweep), "report": to_dict(cfg.report)}
-    with StageRun("report", "report", config, cfg.tracking.experiment) as run:
-        run.log_metrics(summary)
-        for path in sorted(REPORTS.glob("*.*")) + sorted(figures.glob("*.png")):
-            run.log_artifact(path, "figures" if path.parent == figures else None)
+    return summary

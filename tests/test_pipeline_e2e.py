@@ -85,6 +85,9 @@ def test_every_stage_instance_is_one_mlflow_run_with_its_metrics(study):
     written = json.loads((root / "outputs/probe/dmoco-imb10-lt-d0-s0/metrics.json").read_text())
     assert probe.data.metrics == pytest.approx(written)  # the DVC metrics file is the MLflow dict
     assert probe.data.params["method"] == "dmoco" and probe.data.params["probe.knn_k"] == "20"
+    # Each run spans its stage's work, not only the logging at its end.
+    for run, seconds in ((probe, "probe_seconds"), (by_name["pretrain@dmoco-10-lt-0-0"], "train_seconds")):
+        assert run.info.end_time - run.info.start_time >= 1000 * run.data.metrics[seconds], run.info.run_name
 
     pretrain = by_name["pretrain@dmoco-10-lt-0-0"]
     steps = int(pretrain.data.metrics["steps"])
