@@ -1,6 +1,7 @@
 """One data-parallel rank of the tests in test_distributed.py, started by torchrun (or alone: one process).
 
     python -m torch.distributed.run --nproc-per-node 2 tests/ddp_worker.py train dmoco OUT [--die-at N] [--resume]
+        [--diverge-at N]
     python -m torch.distributed.run --nproc-per-node 2 tests/ddp_worker.py steps simclr OUT
     python -m torch.distributed.run --nproc-per-node 2 tests/ddp_worker.py shuffle - OUT
 
@@ -62,6 +63,7 @@ def main() -> None:
     parser.add_argument("--die-at", type=int, default=-1)
     parser.add_argument("--resume", action="store_true")
     parser.add_argument("--bn-splits", type=int, default=1)
+    parser.add_argument("--diverge-at", type=int, default=-1)
     args = parser.parse_args()
     world = World.from_launcher("cpu")
     args.out.mkdir(parents=True, exist_ok=True)
@@ -88,6 +90,8 @@ def main() -> None:
             hashes.append(digest(_shared_state(method)))
             if world.rank == 1 and record["step"] == args.die_at:
                 os.kill(os.getpid(), signal.SIGKILL)  # a rank dies mid-epoch, after a checkpoint
+            if world.rank == 1 and record["step"] == args.diverge_at:
+                method.memory.keys.add_(1e-3)  # a non-deterministic update on one rank
 
         augment = ssl_augmentation(cfg.augment, 8, 1, [0.5], [0.25])
         config = {"pretrain": to_dict(cfg), "world_size": world.size}

@@ -61,12 +61,22 @@ def test_shuffle_bn_across_ranks_computes_keys_on_a_shared_permutation_and_retur
     assert computed_by[:6] != [0] * 6  # ... drawn across the ranks (rank 0's permutation), not its own rows
 
 
+def test_ranks_whose_memories_disagree_stop_the_run(tmp_path):
+    # Step 22 of 24: the memory is checked after the last step (and every 50 steps).
+    proc = torchrun(2, "train", "dmoco", tmp_path, "--diverge-at", 22, check=False)
+    assert "differs between rank" in proc.stderr and "the ranks' states diverged" in proc.stderr
+
+
 def test_a_killed_two_rank_run_resumes_to_the_uninterrupted_result(tmp_path):
     full, cut = tmp_path / "full", tmp_path / "cut"
     torchrun(2, "train", "dmoco", full)
     proc = torchrun(2, "train", "dmoco", cut, "--die-at", 12, check=False)  # rank 1 SIGKILLed in epoch 2
     assert "Signals.SIGKILL" in proc.stderr or "SIGKILL" in proc.stderr
     assert torch.load(cut / "last.pt", weights_only=False)["epoch"] == 1
+    # Another number of ranks would shard the data otherwise: refused in one line, the checkpoint kept.
+    one = [sys.executable, str(WORKER), "train", "dmoco", cut, "--resume"]
+    alone = subprocess.run(one, capture_output=True, text=True, timeout=300)
+    assert alone.returncode != 0 and "was written with world_size=2, not 1; delete it or run without" in alone.stderr
     torchrun(2, "train", "dmoco", cut, "--resume")
     assert results(cut, 2)[0]["losses"] == results(full, 2)[0]["losses"]
     resumed, uninterrupted = states(cut, 1)[0], states(full, 1)[0]
