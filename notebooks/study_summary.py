@@ -6,8 +6,9 @@
 Each argument is `label=path`: the runs of one `dvc repro` (the label names the variant that study ran,
 e.g. a method hyper-parameter; `main` keeps the method names alone). Rows are method (+ variant), columns
 the memory and accuracy metrics. `vs dmoco, same seed` is the mean ± std over seeds of each run's late
-memory entropy minus dmoco's of the same seed in the main study: the seed fixes the initial weights and the
-data order, so the paired difference is what the policy changed.
+memory entropy (linear, kNN top-1) minus dmoco's of the same seed in the main study (`--baseline`: another
+method, on its LT set): the seed fixes the initial weights and the data order, so the paired difference is
+what the policy changed.
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ COLUMNS = {  # column -> (header, scale, decimals)
     "knn_top1": ("kNN (%)", 100, 1),
     "linear_few": ("few, linear (%)", 100, 1),
 }
+# each run minus the baseline's of the same seed: column -> header
+PAIRED = {"memory_entropy_late": "late entropy", "linear_top1": "linear (points)", "knn_top1": "kNN (points)"}
 
 
 def cell(values: pd.Series, scale: float, decimals: int) -> str:
@@ -39,15 +42,19 @@ def cell(values: pd.Series, scale: float, decimals: int) -> str:
     return f"{values.mean():.{decimals}f} ± {values.std():.{decimals}f}"
 
 
-def summary(studies: dict[str, pd.DataFrame]) -> str:
-    runs = pd.concat([df.assign(variant=label) for label, df in studies.items()], ignore_index=True)
-    runs["row"] = [m if v == "main" else f"{m} ({v})" for m, v in zip(runs.method, runs.variant, strict=True)]
-    main = studies["main"]
-    dmoco = main[main.method == "dmoco"].set_index("seed")["memory_entropy_late"]
-    runs["paired"] = runs["memory_entropy_late"] - runs["seed"].map(dmoco)
+def summary(studies: list[tuple[str, pd.DataFrame]], baseline: str = "dmoco") -> str:
+    runs = pd.concat([df.assign(variant=label) for label, df in studies], ignore_index=True)
+    # The report's row label (the method, marked when it pretrained on the balanced set), plus the variant.
+    rows = runs.get("row", runs.method)
+    runs["row"] = [r if v == "main" else f"{r} ({v})" for r, v in zip(rows, runs.variant, strict=True)]
+    main = runs[runs.variant == "main"]
+    reference = main[(main.method == baseline) & (main.get("train_set", "lt") == "lt")].set_index("seed")
+    for column in PAIRED:
+        runs[f"{column} paired"] = runs[column] - runs["seed"].map(reference[column])
     streams = sorted({round(v, 3) for v in runs.get("stream_entropy", pd.Series(dtype=float)).dropna()})
     stream = f"; stream entropy {', '.join(map(str, streams))}" if streams else ""
-    header = ["method", "seeds", *(h for h, _, _ in COLUMNS.values()), "late entropy vs dmoco, same seed"]
+    paired = [f"{name} vs {baseline}, same seed" for name in PAIRED.values()]
+    header = ["method", "seeds", *(h for h, _, _ in COLUMNS.values()), *paired]
     lines = [
         f"Mean ± std over the seeds of each row{stream}.",
         "",
@@ -57,22 +64,21 @@ def summary(studies: dict[str, pd.DataFrame]) -> str:
     for row, group in runs.groupby("row", sort=False):
         cells = [cell(group[c], s, d) if c in group else "-" for c, (_, s, d) in COLUMNS.items()]
         seeds = ", ".join(str(int(s)) for s in sorted(group.seed))
-        lines.append(f"| {row} | {seeds} | " + " | ".join(cells) + f" | {cell(group['paired'], 1, 3)} |")
+        cells += [cell(group[f"{c} paired"], COLUMNS[c][1], COLUMNS[c][2]) for c in PAIRED]
+        lines.append(f"| {row} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("studies", nargs="+", help="label=path/to/runs.csv; one labelled main")
+    parser.add_argument("studies", nargs="+", help="label=path/to/runs.csv; main (one or more): the methods as named")
     parser.add_argument("--out", type=Path, required=True)
+    parser.add_argument("--baseline", default="dmoco", help="the main study's method the paired columns subtract")
     args = parser.parse_args()
-    studies = {}
-    for spec in args.studies:
-        label, path = spec.split("=", 1)
-        studies[label] = pd.read_csv(path)
-    if "main" not in studies:
+    studies = [(label, pd.read_csv(path)) for label, path in (spec.split("=", 1) for spec in args.studies)]
+    if "main" not in {label for label, _ in studies}:
         parser.error("one study must be labelled main")
-    text = summary(studies)
+    text = summary(studies, args.baseline)
     args.out.write_text(text)
     print(text)
 
