@@ -101,6 +101,23 @@ def test_process_exit_code_and_stderr(project):
     ]
 
 
+def test_a_rank_that_dies_ends_the_data_parallel_stage_in_one_line(project, monkeypatch, capsys):
+    """The launcher's exit code (one rank died: torchrun stops the others) becomes the stage's one line."""
+    set_params(project, "pretrain", nproc_per_node=2)
+    launched = []
+
+    def launcher(command, **kwargs):
+        launched.append(command)
+        return subprocess.CompletedProcess(command, returncode=1)
+
+    monkeypatch.setattr(stage.subprocess, "run", launcher)
+    code, err = run_stage(PRETRAIN, monkeypatch, capsys)
+    assert "--nproc-per-node=2" in launched[0] and launched[0][-len(PRETRAIN) :] == PRETRAIN
+    assert code == 2 and err.count("\n") == 1
+    assert "data-parallel pretraining failed on one of its 2 processes (torchrun exit 1" in err
+    assert "the last checkpoint is kept, so a rerun with --resume continues from it" in err
+
+
 @pytest.mark.parametrize("signum", [signal.SIGTERM, signal.SIGINT])  # a scheduler's stop; Ctrl-C
 def test_a_stopped_pretrain_leaves_nothing_and_resumes_into_the_same_run(project, monkeypatch, capsys, signum):
     set_params(project, "prepare", n_max=20)
