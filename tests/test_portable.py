@@ -15,7 +15,7 @@ from duel.config import RuntimeConfig
 from duel.errors import ConfigError, DuelError
 from duel.utils import configure_cpu
 from duel.validation import parse_config
-from pipeline.portable import PORTABLE_ENV, apply, params_path
+from pipeline.portable import PORTABLE_ENV, THREAD_ENV, apply, params_path
 from tests.project_copy import ROOT
 
 # What another CPU gives torch: the kernels (ATen), MKL's and oneDNN's code paths it dispatches to.
@@ -66,8 +66,9 @@ def test_other_vector_units_write_other_bytes_unless_the_run_is_portable(project
 
 def test_the_params_file_of_the_stage_decides(tmp_path, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    for name in (*PORTABLE_ENV, "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
-        monkeypatch.delenv(name, raising=False)
+    for name in (*PORTABLE_ENV, *THREAD_ENV):  # set, then deleted: undone at teardown, whatever apply() sets
+        monkeypatch.setenv(name, "")
+        monkeypatch.delenv(name)
     assert params_path(["pretrain", "--params", "a.yaml"]).name == "a.yaml"
     assert params_path(["pretrain", "--params=b.yaml"]).name == "b.yaml"
     (tmp_path / "params.yaml").write_text("runtime: {portable: false}\n")
@@ -78,6 +79,12 @@ def test_the_params_file_of_the_stage_decides(tmp_path, monkeypatch):
     (tmp_path / "p.yaml").write_text("runtime: {portable: true, threads: 3}\n")
     apply(["pretrain", "--params", "p.yaml"])
     assert {k: os.environ[k] for k in PORTABLE_ENV} == PORTABLE_ENV and os.environ["OMP_NUM_THREADS"] == "3"
+
+
+def test_the_portable_environment_does_not_outlive_the_test_above():
+    """The test worker goes on running torch.compile and stages: the baseline-kernel variables set by
+    apply() there must be gone (inductor reads ATEN_CPU_CAPABILITY when it generates code)."""
+    assert not any(name in os.environ for name in (*PORTABLE_ENV, *THREAD_ENV) if name != "OMP_NUM_THREADS")
 
 
 def test_portable_is_refused_where_it_cannot_hold():
