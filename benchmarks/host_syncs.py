@@ -24,12 +24,11 @@ from dataclasses import replace
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
-from train_step import ours
+from train_step import ours, step_options
 
 from duel.config import PretrainConfig, RuntimeConfig
 from duel.data.augment import ssl_augmentation
 from duel.memory import ActiveMemory
-from duel.methods import METHODS
 
 # aten ops that read a device value on the host, or size their output by the data (a sync on CUDA)
 SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "unique_consecutive", "unique_dim"}
@@ -77,14 +76,8 @@ def row(name: str, mode: Counting, reads: Counter[str]) -> tuple[str, int, int, 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--backbone", default="resnet18_cifar")
-    parser.add_argument("--batch", type=int, default=512)
-    parser.add_argument("--size", type=int, default=32)
-    parser.add_argument("--memory", type=int, default=65536)
-    parser.add_argument("--batch-mode", default="greedy", choices=["greedy", "topk"])
-    parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
-    parser.add_argument("--channels-last", action="store_true")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="moco first")
+    step_options(parser)
+    parser.set_defaults(batch=512, memory=65536)  # the paper's settings
     parser.add_argument("--push", action="store_true", help="one ActiveMemory.push of 2B keys per policy instead")
     args = parser.parse_args()
     print(

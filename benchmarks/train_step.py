@@ -129,8 +129,8 @@ def lightly_moco(
     return step
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+def step_options(parser: argparse.ArgumentParser) -> None:
+    """The step's settings, shared with benchmarks/host_syncs.py."""
     parser.add_argument("--backbone", default="resnet18_cifar")
     parser.add_argument("--batch", type=int, default=256)
     parser.add_argument("--size", type=int, default=32)
@@ -138,11 +138,16 @@ def main() -> None:
     parser.add_argument("--batch-mode", default="greedy", choices=["greedy", "topk"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="moco first")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    step_options(parser)
     parser.add_argument("--compile", action="store_true")
     parser.add_argument("--steps", type=int, default=10)
     parser.add_argument("--warmup", type=int, default=2)
     parser.add_argument("--no-peer", action="store_true", help="skip lightly's MoCo")
-    parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="moco first")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
     base = PretrainConfig(backbone=args.backbone, batch_size=args.batch, proj_dim=128)
