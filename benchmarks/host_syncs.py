@@ -12,15 +12,18 @@ a CPU: a `TorchDispatchMode` sees every aten op the step runs, whatever the devi
 `duel.train.training_step` (benchmarks/train_step.py builds it: full memory, so every push evicts),
 with the re-encoding of dmoco_fresh / dmoco_roll; `--push` counts one `ActiveMemory.push` of 2B keys
 instead. Counts depend on B and on the batch mode (greedy DUEL loops over the keys), not on timing.
+Each sync is printed at its call site: the innermost frame outside torch (`kornia/...`, `duel/...`).
 """
 
 from __future__ import annotations
 
 import argparse
 import contextlib
+import traceback
 from collections import Counter
 from collections.abc import Iterator
 from dataclasses import replace
+from pathlib import Path
 
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
@@ -35,25 +38,47 @@ SYNC_OPS = {"_local_scalar_dense", "nonzero", "masked_select", "_unique2", "uniq
 HOST_READS = ("tolist", "numpy", "cpu")  # Tensor methods that copy to the host, not dispatched on a CPU tensor
 
 
+TORCH = str(Path(torch.__file__).parent)
+
+
+def call_site() -> str:
+    """Where a sync came from: the innermost frame outside torch and this file, as `package/file.py`
+    for an installed package (`kornia/...`) or the path in this repository (`duel/memory.py`)."""
+    for frame in reversed(traceback.extract_stack()[:-2]):
+        if not frame.filename.startswith(TORCH) and frame.filename != __file__:
+            parts = Path(frame.filename).parts
+            root = next((i for i, part in enumerate(parts) if part in ("site-packages", "duel", "benchmarks")), -1)
+            start = root + 1 if parts[root] == "site-packages" else root
+            return "/".join(parts[start:]) if root >= 0 else frame.filename
+    return "?"
+
+
 class Counting(TorchDispatchMode):
     def __init__(self) -> None:
         super().__init__()
         self.ops: Counter[str] = Counter()
+        self.sites: Counter[str] = Counter()  # syncs by call site
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.ops[func.overloadpacket.__name__] += 1
+        name = func.overloadpacket.__name__
+        self.ops[name] += 1
+        if name in SYNC_OPS:
+            self.sites[call_site()] += 1
         return func(*args, **(kwargs or {}))
 
 
 @contextlib.contextmanager
 def counted() -> Iterator[tuple[Counting, Counter[str]]]:
-    """Every aten op inside, and the host reads (`tolist`, `numpy`, `cpu`) by method name."""
+    """Every aten op inside, and the host reads (`tolist`, `numpy`, `cpu`) by method name; the mode's
+    `sites` counts both kinds of sync by call site."""
     reads: Counter[str] = Counter()
     originals = {name: getattr(torch.Tensor, name) for name in HOST_READS}
+    mode = Counting()
 
     def wrap(name: str):
         def read(self, *args, **kwargs):
             reads[name] += 1
+            mode.sites[call_site()] += 1
             return originals[name](self, *args, **kwargs)
 
         return read
@@ -61,7 +86,7 @@ def counted() -> Iterator[tuple[Counting, Counter[str]]]:
     for name in HOST_READS:
         setattr(torch.Tensor, name, wrap(name))
     try:
-        with Counting() as mode:
+        with mode:
             yield mode, reads
     finally:
         for name, fn in originals.items():
@@ -70,8 +95,8 @@ def counted() -> Iterator[tuple[Counting, Counter[str]]]:
 
 def row(name: str, mode: Counting, reads: Counter[str]) -> tuple[str, int, int, str]:
     syncs = sum(mode.ops[op] for op in SYNC_OPS) + sum(reads.values())
-    parts = {**{op: mode.ops[op] for op in SYNC_OPS if mode.ops[op]}, **{f".{r}()": n for r, n in reads.items() if n}}
-    return name, sum(mode.ops.values()), syncs, ", ".join(f"{k} {v}" for k, v in sorted(parts.items()))
+    sites = ", ".join(f"`{site}` {n}" for site, n in sorted(mode.sites.items()))
+    return name, sum(mode.ops.values()), syncs, sites
 
 
 def main() -> None:
@@ -105,7 +130,7 @@ def main() -> None:
             with counted() as (counts, reads):
                 step()
             rows.append(row(name, counts, reads))
-    print("| step | aten ops | host syncs | of which |")
+    print("| step | aten ops | host syncs | where |")
     print("|---|---|---|---|")
     for name, ops, syncs, parts in rows:
         print(f"| {name} | {ops:,} | {syncs:,} | {parts} |")

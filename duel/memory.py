@@ -13,6 +13,10 @@ push costs O(B K d), never the O(K^2 d) full recompute (`full_scores`).
 Slots are filled in order while the memory is not yet full (every policy), so
 the filled slots are always the prefix `[:filled]`; the policy decides only
 which filled slots to overwrite once the memory is full.
+
+No push reads a device value on the host (a sync on a GPU): the fill level and
+the pointers depend only on how many keys came in, so they are mirrored as
+Python ints, and slots are chosen, written and counted with index arithmetic.
 """
 
 from __future__ import annotations
@@ -86,6 +90,7 @@ class ActiveMemory(nn.Module):
         # Random eviction draws from the memory's own generator: data-parallel ranks seed it alike and
         # draw alike, while their global RNGs (augmentation) differ. Saved with the state (extra state).
         self.generator = torch.Generator().manual_seed(0)
+        self._filled = self._ptr = self._window = 0  # host mirrors of filled, ptr and window_ptr
 
     def seed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
@@ -96,10 +101,14 @@ class ActiveMemory(nn.Module):
     def set_extra_state(self, state: torch.Tensor) -> None:
         self.generator.set_state(state)
 
+    def _load_from_state_dict(self, *args, **kwargs) -> None:
+        super()._load_from_state_dict(*args, **kwargs)
+        self._filled, self._ptr, self._window = int(self.filled), int(self.ptr), int(self.window_ptr)
+
     # ------------------------------------------------------------------ views
     @property
     def num_filled(self) -> int:
-        return int(self.filled)
+        return self._filled
 
     def valid_keys(self) -> torch.Tensor:
         """The filled keys, (filled, d): the negatives a loss should use."""
@@ -132,8 +141,9 @@ class ActiveMemory(nn.Module):
         filled = self.num_filled
         if n >= filled:
             return torch.arange(filled, device=self.keys.device)
-        start = int(self.window_ptr) % filled  # the memory may have grown since the last window
-        self.window_ptr.fill_((start + n) % filled)
+        start = self._window % filled  # the memory may have grown since the last window
+        self._window = (start + n) % filled
+        self.window_ptr.fill_(self._window)
         return (start + torch.arange(n, device=self.keys.device)) % filled
 
     @torch.no_grad()
@@ -150,7 +160,7 @@ class ActiveMemory(nn.Module):
                 self.keys[slots] = keys
                 self.scores[: self.num_filled] = self.full_scores()
             else:
-                self._update_scores(slots, keys)
+                self._update_scores(slots, keys, 0)
 
     # ------------------------------------------------------------------- push
     @torch.no_grad()
@@ -178,11 +188,8 @@ class ActiveMemory(nn.Module):
                 end = min(start + BLOCK, free)
                 self._insert(self._free_slots(end - start), keys[start:end], labels[start:end], indices[start:end])
             if free < n:
-                # The diagnostics counters are updated once per push from plain Python values: per-key
-                # tensor bookkeeping would double the cost of this loop on small memories.
-                labels_before, born_before = self.labels.tolist(), self.born.tolist()
-                replaced = [self._replace_most_duplicated(keys[i], labels[i], indices[i]) for i in range(free, n)]
-                self._count_replacements(replaced, labels_before, born_before, labels[free:].tolist())
+                slots = torch.cat([self._replace_most_duplicated(key) for key in keys[free:]])
+                self._count_replacements(slots, labels[free:], indices[free:])
             return
         # Block modes never place two keys of one block in the same slot.
         step = min(self.size, BLOCK)
@@ -202,9 +209,11 @@ class ActiveMemory(nn.Module):
         return torch.arange(self.num_filled, self.num_filled + free, device=self.keys.device)
 
     def _plain_slots(self, n: int) -> torch.Tensor:
-        if self.policy == "fifo":
-            slots = (int(self.ptr) + torch.arange(n, device=self.keys.device)) % self.size
-            self.ptr.fill_((int(self.ptr) + n) % self.size)
+        """`n` slots, the free ones first (so are `_duel_slots`'): `_insert` counts on that order."""
+        if self.policy == "fifo":  # while the memory fills, ptr is its fill level
+            slots = (self._ptr + torch.arange(n, device=self.keys.device)) % self.size
+            self._ptr = (self._ptr + n) % self.size
+            self.ptr.fill_(self._ptr)
             return slots
         free = self._free_slots(n)
         rest = n - len(free)
@@ -219,69 +228,79 @@ class ActiveMemory(nn.Module):
         taken = torch.topk(self.scores[: self.num_filled], rest).indices
         return torch.cat([free, taken])
 
-    def _count(self, counter: torch.Tensor, labels: torch.Tensor) -> None:
+    def _count(self, counter: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> None:
+        """Add `weights` (default 1) to `counter` at each label in [0, len(counter)); others are skipped
+        by a zero weight, not by a boolean mask, whose data-dependent size would sync."""
         if len(counter):
-            labels = labels[(labels >= 0) & (labels < len(counter))]
-            counter.index_add_(0, labels, torch.ones_like(labels))
+            valid = (labels >= 0) & (labels < len(counter))
+            if weights is not None:
+                valid &= weights.bool()
+            counter.index_add_(0, labels.clamp(0, len(counter) - 1), valid.long())
 
     def _insert(self, slots: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
-        old = slots[slots < self.num_filled]
+        """Write a block into `slots`, its free slots first (the rest evict filled ones)."""
+        free = min(len(slots), self.size - self.num_filled)
+        old = slots[free:]
         self._count(self.evicted, self.labels[old])
         self._count(self.inserted, labels)
         self.evicted_fresh += (self.born[old] == self.pushes).sum()
         self.born[slots] = self.pushes
         self.encoded[slots] = self.pushes
         if self.policy == "duel":
-            self._update_scores(slots, keys)
+            self._update_scores(slots, keys, free)
         else:
             self.keys[slots] = keys
         self.labels[slots] = labels
         self.indices[slots] = indices
-        self.filled.fill_(min(self.size, self.num_filled + len(slots)))
+        self._filled += free
+        self.filled.fill_(self._filled)
 
-    def _count_replacements(
-        self, slots: list[int], labels_before: list[int], born_before: list[int], new_labels: list[int]
-    ) -> None:
-        """Diagnostics of a greedy push that wrote `new_labels` into `slots` one after another: per-class
-        insertions and evictions, same-push evictions, the slots' birth push."""
-        pushes = int(self.pushes)
-        writer: dict[int, int] = {}  # slot -> position in this push of the key now in it
-        evicted, fresh = [], 0
-        for position, slot in enumerate(slots):
-            if slot in writer:
-                evicted.append(new_labels[writer[slot]])
-            else:
-                evicted.append(labels_before[slot])
-            fresh += slot in writer or born_before[slot] == pushes  # inserted earlier in this push
-            writer[slot] = position
-        self._count(self.evicted, torch.tensor(evicted, dtype=torch.long, device=self.labels.device))
-        self._count(self.inserted, torch.tensor(new_labels, dtype=torch.long, device=self.labels.device))
-        self.evicted_fresh += fresh
-        written = torch.tensor(slots, device=self.born.device)
-        self.born[written] = pushes
-        self.encoded[written] = pushes
+    def _count_replacements(self, slots: torch.Tensor, new_labels: torch.Tensor, new_indices: torch.Tensor) -> None:
+        """Bookkeeping of a greedy push that wrote keys with `new_labels` into `slots` one after another
+        (`_replace_most_duplicated` writes only keys and scores): each slot's label and index become its
+        last writer's; per-class insertions and evictions (a slot written earlier in this push evicts
+        that writer's label), same-push evictions, birth pushes."""
+        m = len(slots)
+        position = torch.arange(m, device=slots.device)
+        order = torch.argsort(slots * m + position)  # by slot, then by position in the push
+        by_slot = slots[order]
+        earlier = torch.full_like(position, -1)  # the previous position that wrote the same slot
+        earlier[order[1:]] = torch.where(by_slot[1:] == by_slot[:-1], order[:-1], -1)
+        rewritten = earlier >= 0
+        evicted = torch.where(rewritten, new_labels[earlier.clamp(min=0)], self.labels[slots])
+        self._count(self.evicted, evicted)
+        self._count(self.inserted, new_labels)
+        self.evicted_fresh += (rewritten | (self.born[slots] == self.pushes)).sum()
+        last = torch.full_like(self.labels, -1).scatter_reduce_(0, slots, position, "amax")
+        written, writer = last >= 0, last.clamp(min=0)
+        self.labels.copy_(torch.where(written, new_labels[writer], self.labels))
+        self.indices.copy_(torch.where(written, new_indices[writer], self.indices))
+        self.born[slots] = self.pushes
+        self.encoded[slots] = self.pushes
 
-    def _replace_most_duplicated(self, key: torch.Tensor, label: torch.Tensor, index: torch.Tensor) -> int:
-        """Greedy DUEL step on a full memory: one (K, d) x (d, 2) product, in place; returns the slot."""
-        j = int(self.scores.argmax())
-        p = self.keys @ torch.stack([self.keys[j], key], 1)
+    def _replace_most_duplicated(self, key: torch.Tensor) -> torch.Tensor:
+        """Greedy DUEL step on a full memory: one (K, d) x (d, 2) product, in place; returns the slot as
+        a (1,) device tensor. Indexing with it, not with a Python int (nor a 0-dim tensor, which Python
+        turns into one), keeps the host from waiting for the device once per key."""
+        j = self.scores.argmax().view(1)
+        p = self.keys @ torch.stack([self.keys.index_select(0, j)[0], key], 1)
         p = p.sub_(1).div_(self.temperature).exp_()  # p_dup(k, evicted), p_dup(k, z)
         self.scores.add_(p[:, 1]).sub_(p[:, 0])
-        self.scores[j] = p[:, 1].sum() - p[j, 1]  # p[j, 1] pairs z with the evicted key, not a neighbour
-        self.keys[j] = key
-        self.labels[j] = label
-        self.indices[j] = index
+        # p[j, 1] pairs z with the evicted key, not a neighbour
+        self.scores.index_copy_(0, j, p[:, 1].sum() - p[:, 1].index_select(0, j))
+        self.keys.index_copy_(0, j, key.view(1, -1))
         return j
 
-    def _update_scores(self, slots: torch.Tensor, keys: torch.Tensor) -> None:
-        """Replace `slots` by `keys` and update every score incrementally (two matmuls)."""
+    def _update_scores(self, slots: torch.Tensor, keys: torch.Tensor, free: int) -> None:
+        """Replace `slots` (the first `free` of them empty, the rest filled) by `keys` and update every
+        score incrementally (two matmuls)."""
         filled = self.num_filled
-        old = slots[slots < filled]
+        old = slots[free:]
         if len(old):
             # Remove the evicted keys' contributions from every filled slot.
             self.scores[:filled] -= self.duplication(self.keys[:filled] @ self.keys[old].T).sum(1)
         self.keys[slots] = keys
-        now = max(filled, int(slots.max()) + 1)
+        now = filled + free  # the free slots are the next ones in order
         p = self.duplication(self.keys[:now] @ keys.T)  # (now, B): p_dup(k, z_b)
         self.scores[:now] += p.sum(1)
         # New slots: recompute from scratch, excluding the self-pair p_dup(z_b, z_b).
