@@ -157,6 +157,10 @@ class RuntimeConfig:
     # the same bytes on any x86-64 CPU: baseline kernels (no AVX) and `threads` (1 when null), set before
     # torch is imported (pipeline/portable.py); slower, see docs/reproducibility.md
     portable: bool = False
+    # steps between host reads of the step metrics (loss, memory entropy): each read waits for the
+    # device, so a GPU profile reads every 50 steps; every step is still logged, and an epoch's end
+    # reads all that is left
+    log_every: int = 1
 
 
 @dataclass(frozen=True)

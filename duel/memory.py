@@ -31,14 +31,21 @@ BATCH_MODES = ("greedy", "topk")
 BLOCK = 4096  # most keys scored as one block: a (K, BLOCK) matrix bounds what a push allocates
 
 
+def label_entropy(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
+    """Normalised entropy in [0, 1] of labels in [0, num_classes) (-1 ignored), as a float64 scalar on
+    their device: no host read, so a training step can compute it and the host read it later."""
+    if num_classes < 2:
+        return torch.zeros((), dtype=torch.float64, device=labels.device)
+    known = (labels >= 0).double()
+    counts = torch.zeros(num_classes, dtype=torch.float64, device=labels.device)
+    counts.index_add_(0, labels.clamp(0, num_classes - 1), known)
+    p = counts / counts.sum().clamp(min=1)
+    return -torch.special.xlogy(p, p).sum() / math.log(num_classes)
+
+
 def class_entropy(labels: torch.Tensor, num_classes: int) -> float:
     """Normalised entropy in [0, 1] of a set of labels over `num_classes` classes (-1 ignored)."""
-    labels = labels[labels >= 0]
-    if labels.numel() == 0 or num_classes < 2:
-        return 0.0
-    p = torch.bincount(labels, minlength=num_classes).double() / labels.numel()
-    p = p[p > 0]
-    return float(-(p * p.log()).sum() / math.log(num_classes))
+    return float(label_entropy(labels, num_classes))
 
 
 class ActiveMemory(nn.Module):
@@ -128,7 +135,11 @@ class ActiveMemory(nn.Module):
 
     def class_entropy(self, num_classes: int) -> float:
         """Normalised entropy in [0, 1] of the labels stored in memory (-1 ignored)."""
-        return class_entropy(self.labels[: self.num_filled], num_classes)
+        return float(self.label_entropy(num_classes))
+
+    def label_entropy(self, num_classes: int) -> torch.Tensor:
+        """`class_entropy` as a device scalar (no host read)."""
+        return label_entropy(self.labels[: self.num_filled], num_classes)
 
     def class_histogram(self, num_classes: int) -> torch.Tensor:
         labels = self.labels[: self.num_filled]

@@ -291,37 +291,47 @@ def pretrain(
     method.train()
     epochs = math.ceil(total_steps / steps_per_epoch)
     remaining = range(start_epoch, epochs)
+    # Steps whose loss and memory entropy are still on the device: read in one transfer every
+    # `runtime.log_every` steps and at each epoch's end (so checkpoints hold every step's record).
+    pending: list[tuple[int, int, float, list[torch.Tensor]]] = []
+
+    def read_pending() -> None:
+        nonlocal tic
+        if not pending:
+            return
+        values = torch.stack([torch.stack([v.double() for v in tensors]) for *_, tensors in pending]).tolist()  # syncs
+        toc = time.perf_counter()
+        for (step, epoch, lr, _), (loss, *entropy) in zip(pending, values, strict=True):
+            record = {"step": step, "epoch": epoch, "loss": loss, "lr": lr}
+            record["images_per_s"] = len(pending) * global_batch / (toc - tic)
+            if entropy:
+                record["memory_entropy"] = entropy[0]
+            history.append(record)
+            if on_step is not None:
+                on_step(record)
+        pending.clear()
+        tic = toc
+
     for epoch in progress(remaining, "pretrain", total=len(remaining)) if world.is_main else remaining:
         method.on_epoch_start(epoch, epochs)
         tic = time.perf_counter()
         mine = world.shard(torch.randperm(len(dataset), generator=order), cfg.batch_size)
         for batch in dataset.batches(mine, cfg.batch_size, device, runtime.num_workers, drop_last=True):
-            if len(history) == total_steps:
+            step = len(history) + len(pending)
+            if step == total_steps:
                 break
             lr = scheduler.get_last_lr()[0]
-            step = len(history)
-            loss = training_step(
-                method, augment, optimizer, batch, runtime, step, total_steps, world, loss_module
-            ).item()  # syncs
+            loss = training_step(method, augment, optimizer, batch, runtime, step, total_steps, world, loss_module)
             scheduler.step()
             if method.memory is not None and method.refresh_size():
                 refresh_memory(method, dataset, augment, cfg.batch_size, runtime, world)
             if world.distributed and ((step + 1) % CHECK_EVERY == 0 or step + 1 == total_steps):
                 world.check_same(_shared_state(method), step)
-            toc = time.perf_counter()
-            record = {
-                "step": step,
-                "epoch": epoch,
-                "loss": loss,
-                "lr": lr,
-                "images_per_s": global_batch / (toc - tic),
-            }
-            if method.memory is not None:
-                record["memory_entropy"] = method.memory.class_entropy(num_classes)
-            tic = toc
-            history.append(record)
-            if on_step is not None:
-                on_step(record)
+            entropy = [method.memory.label_entropy(num_classes)] if method.memory is not None else []
+            pending.append((step, epoch, lr, [loss, *entropy]))
+            if len(pending) == runtime.log_every:
+                read_pending()
+        read_pending()
         last = epoch + 1 == epochs
         if on_method_metrics is not None and (scalars := method.epoch_metrics()):
             on_method_metrics({"step": len(history) - 1, **scalars})

@@ -1,6 +1,8 @@
 import json
 import math
+import sys
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 import torch
@@ -92,7 +94,7 @@ def test_a_checkpoint_resumes_under_other_machine_settings(tiny_source, tiny_con
     full, full_history = run(tiny_source, tiny_config, tmp_path / "full.pt")
     with pytest.raises(Interrupt):
         run(tiny_source, tiny_config, tmp_path / "cut.pt", stop_at_step=10)
-    other = RuntimeConfig(num_workers=1, data_root="/elsewhere", cache_dir=None)
+    other = RuntimeConfig(num_workers=1, data_root="/elsewhere", cache_dir=None, log_every=4)
     resumed, history = run(tiny_source, tiny_config, tmp_path / "cut.pt", resume=True, runtime=other)
     assert [r["loss"] for r in history] == [r["loss"] for r in full_history]
     for key, value in full.state_dict().items():
@@ -104,6 +106,22 @@ def test_a_checkpoint_resumes_under_other_machine_settings(tiny_source, tiny_con
     moved, _ = run(tiny_source, tiny_config, tmp_path / "cut2.pt", resume=True, runtime=channels_last)
     for key, value in full.state_dict().items():
         torch.testing.assert_close(moved.state_dict()[key].float(), value.float(), rtol=1e-3, atol=1e-4, msg=key)
+
+
+def test_step_metrics_are_read_at_the_logging_cadence_and_every_step_is_logged(tiny_source, tiny_config, tmp_path):
+    """log_every 5 (7 steps an epoch): the loop reads the device twice an epoch (after 5 steps, at the
+    epoch's end) instead of 7 times, and logs the same records of every step, in order."""
+    sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
+    from host_syncs import counted
+
+    histories, reads = [], []
+    for every in (1, 5):
+        with counted() as (mode, _):
+            _, history = run(tiny_source, tiny_config, tmp_path / f"{every}.pt", runtime=RuntimeConfig(log_every=every))
+        histories.append([{k: v for k, v in r.items() if k != "images_per_s"} for r in history])
+        reads.append(mode.sites["duel/train.py"])
+    assert histories[0] == histories[1] and len(histories[0]) == 3 * 7
+    assert reads == [3 * 7, 3 * 2]
 
 
 def test_resume_refuses_a_checkpoint_of_another_config(tiny_source, tiny_config, tmp_path):
