@@ -5,7 +5,7 @@ export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # mkdocs-material prints a banner about its successor on every build otherwise.
 export NO_MKDOCS_2_WARNING := 1
 
-.PHONY: setup lock repro test docs notebook ui server
+.PHONY: setup lock repro test docs notebook ui server gpu-bundle
 
 # The locked environment: every package at the version and file hash of requirements.lock, then the
 # project itself (`make lock` rewrites the lock after a pin in pyproject.toml changes).
@@ -49,3 +49,7 @@ ui: setup
 server: setup
 	MLFLOW_SERVER_ENABLE_JOB_EXECUTION=false mlflow server --backend-store-uri sqlite:///$(CURDIR)/mlflow.db --artifacts-destination $(CURDIR)/mlartifacts \
 		--host 127.0.0.1 --port 5000
+
+# .gpu/: the wheels and data benchmarks/gpu_run.py needs on a GPU machine without a package registry.
+gpu-bundle: setup
+	python tools/gpu_bundle.py

@@ -1,0 +1,197 @@
+"""The GPU figures in one call: every method's images/s at a paper profile's settings, lightly's MoCo
+beside them, dmoco / moco at K = 65,536, a one-GPU torchrun (nccl) smoke and a short dmoco run at
+rho_max 0.9, printed as one Markdown table (and written to `--out`).
+
+    python benchmarks/gpu_run.py --data /path/to/cifar10-jpg [--profile params/cifar10_dominant.yaml]
+        [--compile] [--steps 10] [--run-steps 300] [--out gpu_run.md]
+    python benchmarks/gpu_run.py --tiny --data DIR      # the same code paths on a CPU in seconds (CI)
+
+Runs through the library alone (no DVC, no MLflow), so a GPU machine needs torch, torchvision, kornia
+and (for the peer) lightly. Sections:
+
+- `step`: `duel.train.training_step` of every registered method at the profile's backbone, batch, K,
+  batch mode, precision and memory format (benchmarks/train_step.py: memories full, methods taking
+  turns), lightly's MoCo when it is installed; images/s and the ratio to moco;
+- `K`: moco, dmoco (greedy) and dmoco (topk) at K = 65,536;
+- `nccl`: `torch.distributed.run` with one process per GPU (at most 2) running 3 data-parallel dmoco
+  steps on the nccl backend, the memories checked equal across ranks (gloo on a CPU);
+- `run`: dmoco pretraining (`duel.train.pretrain`) on the `--data` image folder (train/<class>/, e.g. the
+  JPEG copy of CIFAR-10) at rho_max 0.9, the profile's LT set, `--run-steps` steps: images/s, the late
+  memory entropy against the stream's, the key staleness.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import torch
+import yaml
+from train_step import lightly_moco, median_seconds, ours
+
+from duel.config import PretrainConfig, RuntimeConfig, StudyConfig, to_dict
+from duel.data.augment import ssl_augmentation
+from duel.data.datasets import Batch, IndexedImages
+from duel.data.longtail import build_manifest, pretraining_indices
+from duel.data.sources import load_source
+from duel.distributed import World
+from duel.memory import class_entropy
+from duel.methods import METHODS, DataInfo, build_method
+from duel.train import _shared_state, data_parallel, pretrain, training_step
+from duel.validation import parse_config
+
+TINY = {"backbone": "small_cnn", "batch_size": 8, "memory": {"size": 64}, "proj_dim": 16}
+Row = tuple[str, str, str]  # section, what, figure
+
+
+def study(args: argparse.Namespace, device: str) -> StudyConfig:
+    """The profile with this machine's runtime (its precision and memory format on CUDA, fp32 on a CPU)."""
+    raw = yaml.safe_load(Path(args.profile).read_text())
+    raw["data"] = {**raw.get("data", {}), "source": "imagefolder", "image_size": 32 if args.tiny else None}
+    raw["runtime"] = {**raw.get("runtime", {}), "device": device, "data_root": str(args.data), "cache_dir": None}
+    raw["runtime"].update(compile=args.compile, num_workers=0, download=False)
+    if device == "cpu":
+        raw["runtime"].update(precision="fp32", channels_last=False)
+    if args.tiny:
+        raw["pretrain"] = {**raw["pretrain"], **TINY, "memory": {**raw["pretrain"]["memory"], **TINY["memory"]}}
+        raw["prepare"] = {**raw.get("prepare", {}), "n_max": 90}
+    return parse_config(raw)
+
+
+def step_rows(cfg: PretrainConfig, runtime: RuntimeConfig, args: argparse.Namespace, label: str) -> list[Row]:
+    device = torch.device(runtime.device)
+    size = 16 if args.tiny else 32
+    images = torch.randint(0, 256, (cfg.batch_size, 3, size, size), dtype=torch.uint8, device=device)
+    augment = ssl_augmentation(cfg.augment, size, 3, [0.5] * 3, [0.25] * 3).to(device)
+    if label == "step":
+        steps = {name: ours(name, cfg, runtime, images, augment) for name in METHODS}
+        if not args.tiny:
+            try:
+                steps["lightly-moco"] = lightly_moco(cfg, runtime, images, augment)
+            except ImportError:
+                print("lightly is not installed: no peer row", file=sys.stderr)
+    else:  # the memory's cost alone: moco against both of DUEL's batch modes
+        steps = {"moco": ours("moco", cfg, runtime, images, augment)}
+        for mode in ("greedy", "topk"):
+            mine = replace(cfg, memory=replace(cfg.memory, batch_mode=mode))
+            steps[f"dmoco ({mode})"] = ours("dmoco", mine, runtime, images, augment)
+    seconds = median_seconds(steps, device, args.warmup, args.steps)
+    setting = f"{cfg.backbone}, B {cfg.batch_size}, K {cfg.memory.size:,}"
+    setting += f", {cfg.memory.batch_mode}" if label == "step" else ""
+    return [
+        (f"{label} ({setting})", name, f"{cfg.batch_size / s:,.0f} images/s, {s / seconds['moco']:.2f} x moco")
+        for name, s in seconds.items()
+    ]
+
+
+def nccl_rows(args: argparse.Namespace) -> list[Row]:
+    """This script as `torch.distributed.run` ranks (`--rank-smoke`): one per GPU, at most 2."""
+    nproc = max(1, min(2, torch.cuda.device_count())) if torch.cuda.is_available() else 2
+    command = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}"]
+    command += [__file__, "--rank-smoke", "--data", str(args.data), "--profile", str(args.profile)]
+    command += ["--tiny"] * args.tiny
+    tic = time.perf_counter()
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    backend = "nccl" if torch.cuda.is_available() else "gloo"
+    if proc.returncode != 0:
+        print(proc.stdout + proc.stderr, file=sys.stderr)
+        return [("torchrun", f"{nproc} x {backend}", f"FAILED (exit {proc.returncode}; its output is above)")]
+    last = proc.stdout.strip().splitlines()[-1]
+    return [("torchrun", f"{nproc} x {backend}", f"{last} in {time.perf_counter() - tic:.0f} s")]
+
+
+def rank_smoke(args: argparse.Namespace) -> None:
+    """One rank of `nccl_rows`: 3 data-parallel dmoco steps, then the ranks' memories compared."""
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    world = World.from_launcher(device)
+    cfg = study(args, device)
+    here = world.device(device)
+    torch.manual_seed(0)
+    batch_size = cfg.pretrain.batch_size
+    method = build_method("dmoco", cfg.pretrain, DataInfo(3, batch_size * world.size)).to(here).train()
+    loss_module = data_parallel(method, world, cfg.pretrain.sync_batchnorm)
+    optimizer = torch.optim.SGD(method.param_groups(), lr=0.01)
+    images = torch.randint(0, 256, (batch_size, 3, 32, 32), dtype=torch.uint8, device=here)
+    augment = ssl_augmentation(cfg.pretrain.augment, 32, 3, [0.5] * 3, [0.25] * 3).to(here)
+    positions = torch.arange(batch_size, device=here) + world.rank * batch_size
+    batch = Batch(images, positions, positions, positions)
+    for step in range(3):
+        training_step(method, augment, optimizer, batch, cfg.runtime, step, 3, world, loss_module)
+    world.check_same(_shared_state(method), 2)
+    if world.is_main:
+        print(f"3 data-parallel dmoco steps, memories equal on {world.size} ranks ({method.memory.num_filled} keys)")
+    world.close()
+
+
+def run_rows(cfg: StudyConfig, args: argparse.Namespace) -> list[Row]:
+    source = load_source(cfg.data, cfg.runtime)
+    manifest = build_manifest(source, cfg.data, cfg.prepare, 0.9, 0)
+    indices = pretraining_indices(manifest, "lt", source.train.labels)
+    dataset = IndexedImages(source.train, indices)
+    pre = replace(cfg.pretrain, max_steps=args.run_steps, diagnostics_every=0)
+    torch.manual_seed(0)
+    method = build_method("dmoco", pre, DataInfo(source.channels, len(dataset), source.num_classes))
+    mean, std = source.channel_stats()
+    augment = ssl_augmentation(pre.augment, source.image_size, source.channels, mean, std)
+    tic = time.perf_counter()
+    with tempfile.TemporaryDirectory() as tmp:
+        history, _ = pretrain(
+            method, dataset, augment, pre, cfg.runtime, seed=0, num_classes=source.num_classes,
+            config=to_dict(pre), checkpoint=Path(tmp) / "checkpoint.pt",
+        )  # fmt: skip
+    seconds = time.perf_counter() - tic
+    late = [r["memory_entropy"] for r in history[-max(1, len(history) // 3) :]]
+    memory = method.memory
+    staleness = float((memory.pushes - memory.encoded[: memory.num_filled]).float().mean())
+    what = f"dmoco, rho_max 0.9, {len(dataset):,} images, {len(history)} steps"
+    return [
+        ("run", what, f"{len(history) * pre.batch_size / seconds:,.0f} images/s over {seconds:.0f} s"),
+        ("run", "late memory entropy / stream", f"{sum(late) / len(late):.3f} / "
+         f"{class_entropy(dataset.labels, source.num_classes):.3f}"),
+        ("run", "key staleness (pushes)", f"{staleness:.1f}"),
+    ]  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--data", type=Path, required=True, help="an image folder with train/<class>/")
+    parser.add_argument("--profile", type=Path, default=Path(__file__).parents[1] / "params/cifar10_dominant.yaml")
+    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--steps", type=int, default=10, help="timed rounds per step figure")
+    parser.add_argument("--warmup", type=int, default=3)
+    parser.add_argument("--run-steps", type=int, default=300)
+    parser.add_argument("--tiny", action="store_true", help="CPU-sized everything (what CI runs)")
+    parser.add_argument("--out", type=Path, default=None)
+    parser.add_argument("--rank-smoke", action="store_true", help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.rank_smoke:
+        return rank_smoke(args)
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    cfg = study(args, device)
+    name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
+    header = (
+        f"{name}, torch {torch.__version__}, {os.cpu_count()} CPU cores; profile {args.profile.name}: "
+        f"{cfg.runtime.precision}, channels_last {cfg.runtime.channels_last}, compile {cfg.runtime.compile}"
+    )
+    print(header, flush=True)  # before the work: a failing section still names the machine
+    rows = step_rows(cfg.pretrain, cfg.runtime, args, "step")
+    big = replace(cfg.pretrain, memory=replace(cfg.pretrain.memory, size=256 if args.tiny else 65536))
+    rows += step_rows(big, cfg.runtime, args, "K")
+    rows += nccl_rows(args)
+    rows += run_rows(cfg, args)
+    table = "\n".join(
+        [header, "", "| section | what | figure |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    )
+    print(table)
+    if args.out is not None:
+        args.out.write_text(table + "\n")
+
+
+if __name__ == "__main__":
+    main()

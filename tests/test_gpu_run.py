@@ -1,0 +1,31 @@
+"""The prepared GPU run (benchmarks/gpu_run.py) runs every section on a CPU at tiny sizes: on a GPU
+machine, which has no package registry and little time, it must not fail on a path nobody ran."""
+
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fake_data import write_image_folder
+
+from duel.methods import METHODS
+
+ROOT = Path(__file__).parents[1]
+
+
+@pytest.mark.slow
+def test_the_gpu_script_runs_every_section_on_a_cpu_at_tiny_sizes(tmp_path):
+    write_image_folder(tmp_path / "data", per_class=110, test_per_class=2)
+    out = tmp_path / "table.md"
+    command = [sys.executable, str(ROOT / "benchmarks/gpu_run.py"), "--tiny", "--data", str(tmp_path / "data")]
+    command += ["--steps", "1", "--warmup", "1", "--run-steps", "3", "--out", str(out)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line]
+    sections = [row[0].lstrip("| ").split(" (")[0] for row in rows[1:]]
+    assert sections.count("step") == len(METHODS) and sections.count("K") == 3
+    assert [r[1] for r in rows if r[0].startswith("| K")] == ["moco", "dmoco (greedy)", "dmoco (topk)"]
+    torchrun = next(r for r in rows if r[0] == "| torchrun")
+    assert "memories equal on 2 ranks" in torchrun[2], torchrun
+    run = {r[1]: r[2] for r in rows if r[0] == "| run"}
+    assert "late memory entropy / stream" in run and "key staleness (pushes)" in run
