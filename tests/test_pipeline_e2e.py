@@ -21,6 +21,7 @@ TINY = {
     "pretrain": {"epochs": 2, "batch_size": 16, "memory": {"size": 64}, "checkpoint_every": 1},
     "probe": {"knn_k": 20, "c_grid": [0.1, 1.0]},
     "report": {"tsne_perplexity": 5.0},
+    "runtime": {"threads": 1},  # a test worker's share of the cores (portable, as the default study)
 }
 
 
