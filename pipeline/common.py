@@ -35,15 +35,22 @@ CHECKPOINTS = Path("checkpoints")
 REPORTS = Path("reports")
 
 
-def load_params(path: Path) -> StudyConfig:
+def read_params(path: Path) -> StudyConfig:
+    """The study's config, checked, for code that only reads it (the UI, notebooks, table checks)."""
     if not path.exists():
         raise DuelError(f"params file {path} does not exist; run from the project root or pass --params")
     try:
         values = yaml.safe_load(path.read_text())
     except yaml.YAMLError as exc:
         raise DuelError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
-    cfg = parse_config(values)
-    configure_cpu(cfg.runtime)  # every stage and tool loads its params first
+    return parse_config(values)
+
+
+def load_params(path: Path) -> StudyConfig:
+    """`read_params`, then torch's CPU set up as `runtime` says: every stage and tool that computes
+    loads its params with this first (under `runtime.portable` it refuses a torch imported too early)."""
+    cfg = read_params(path)
+    configure_cpu(cfg.runtime)
     return cfg
 
 

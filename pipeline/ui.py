@@ -8,7 +8,7 @@ from typing import Annotated
 
 import typer
 
-from pipeline.common import PARAMS, ParamsOption, load_params
+from pipeline.common import PARAMS, ParamsOption, read_params
 from pipeline.tracking import is_server, tracking_uri
 
 PortOption = Annotated[int, typer.Option(help="port of the UI on 127.0.0.1")]
@@ -30,7 +30,7 @@ def ui(port: PortOption = 5000, params: ParamsOption = PARAMS) -> None:
     with MLFLOW_TRACKING_URI set to a tracking server, print that server's address instead."""
     import mlflow
 
-    name = load_params(params).tracking.experiment
+    name = read_params(params).tracking.experiment
     uri = tracking_uri()
     experiment = mlflow.MlflowClient(uri).get_experiment_by_name(name)
     experiment_id = experiment.experiment_id if experiment else None

@@ -22,8 +22,12 @@ from tests.tracking_server import tracking_server
 
 @pytest.fixture
 def project(tmp_path, monkeypatch):
-    """An empty working directory with the default params; MLflow pointed at a temp store."""
-    (tmp_path / "params.yaml").write_text((ROOT / "params.yaml").read_text())
+    """An empty working directory with the default params, not portable (these stages run in this
+    process, whose torch is imported: tests/test_portable.py runs portable stages); MLflow pointed
+    at a temp store."""
+    params = yaml.safe_load((ROOT / "params.yaml").read_text())
+    params["runtime"] |= {"portable": False, "threads": None}
+    (tmp_path / "params.yaml").write_text(yaml.safe_dump(params, sort_keys=False))
     monkeypatch.chdir(tmp_path)
     # A new file name each test: tmp_path is reused once a test passes (tmp_path_retention_policy), and
     # MLflow keeps an engine per URI open in this process, which would read the deleted store.

@@ -11,7 +11,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 
-from pipeline.common import RunKey, load_params, setting
+from pipeline.common import RunKey, read_params, setting
 from pipeline.report import TABLES, balanced_vs_lt_table, heads_table, paper_table, row_label
 from tests.project_copy import ROOT
 
@@ -59,7 +59,7 @@ def study(path: Path):
     runs = runs.assign(**{c: v for c, v in (("train_set", "lt"), ("draw", 0)) if c not in runs})
     if "row" not in runs:
         runs = runs.assign(row=[row_label(m, t) for m, t in zip(runs.method, runs.train_set, strict=True)])
-    return load_params(params), runs
+    return read_params(params), runs
 
 
 @pytest.mark.parametrize("path", STUDIES, ids=lambda p: str(p.relative_to(ROOT)))
@@ -107,7 +107,7 @@ def test_every_table_cell_is_the_mean_and_std_of_the_runs_it_aggregates(path):
 def test_the_default_studys_runs_table_holds_each_runs_own_metrics():
     """reports/runs.csv against the committed metrics.json of every pretrain and probe run."""
     runs = pd.read_csv(ROOT / "reports" / "runs.csv")
-    assert len(runs) == len(load_params(ROOT / "params.yaml").sweep.methods) * 3
+    assert len(runs) == len(read_params(ROOT / "params.yaml").sweep.methods) * 3
     for _, run in runs.iterrows():
         key = RunKey(run.method, run.imbalance, run.train_set, int(run.draw), int(run.seed))
         for folder in (key.pretrain_dir, key.probe_dir):
