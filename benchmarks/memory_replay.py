@@ -47,7 +47,7 @@ from duel.data.sources import SourceData
 from duel.diagnostics import replay_stream
 from duel.memory import ActiveMemory
 from duel.methods import DataInfo, build_method
-from pipeline.common import load_data, load_params
+from pipeline.common import load_data, read_params
 
 CPU = torch.device("cpu")
 POLICIES = (("fifo", "greedy"), ("random", "greedy"), ("duel", "greedy"), ("duel", "topk"))
@@ -156,7 +156,7 @@ def main() -> None:
 
     saved = torch.load(args.run / "model.pt", map_location="cpu", weights_only=False)
     run = saved["config"]
-    cfg = load_params(args.params)
+    cfg = read_params(args.params)  # a tool beside the stages: native kernels, whatever runtime.portable says
     source, manifest = load_data(cfg, run["imbalance"], run["draw"])
     idx = torch.as_tensor(pretraining_indices(manifest, run["train_set"], source.train.labels))
     data = DataInfo(saved["in_channels"], len(idx), source.num_classes)

@@ -20,7 +20,7 @@ from torch import nn
 
 from duel.backbones import build_backbone
 from duel.data.augment import normalizer
-from pipeline.common import load_data, load_params
+from pipeline.common import load_data, read_params
 from pipeline.probe import probe_encoder
 
 
@@ -32,7 +32,7 @@ def main() -> None:
     parser.add_argument("--params", type=Path, default=Path("params.yaml"))
     args = parser.parse_args()
 
-    cfg = load_params(args.params)
+    cfg = read_params(args.params)  # a tool beside the stages: native kernels, whatever runtime.portable says
     cfg = dataclasses.replace(cfg, probe=dataclasses.replace(cfg.probe, heads=[]))
     source, manifest = load_data(cfg, args.imbalance, args.draw)
     normalize = normalizer(*source.channel_stats())
