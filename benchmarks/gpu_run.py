@@ -1,6 +1,6 @@
 """The GPU figures in one call: every method's images/s at a paper profile's settings, lightly's MoCo
-beside them, dmoco / moco at K = 65,536, a one-GPU torchrun (nccl) smoke and a short dmoco run at
-rho_max 0.9, printed as one Markdown table (and written to `--out`).
+beside them, dmoco / moco at K = 65,536, a one-GPU torchrun (nccl) smoke and short moco, dmoco and
+dmoco_roll runs at rho_max 0.9, printed as one Markdown table (and written to `--out`).
 
     python benchmarks/gpu_run.py --data /path/to/cifar10-jpg [--profile params/cifar10_dominant.yaml]
         [--compile] [--steps 10] [--run-steps 300] [--out gpu_run.md]
@@ -15,9 +15,10 @@ and (for the peer) lightly. Sections:
 - `K`: moco, dmoco (greedy) and dmoco (topk) at K = 65,536;
 - `nccl`: `torch.distributed.run` with one process per GPU (at most 2) running 3 data-parallel dmoco
   steps on the nccl backend, the memories checked equal across ranks (gloo on a CPU);
-- `run`: dmoco pretraining (`duel.train.pretrain`) on the `--data` image folder (train/<class>/, e.g. the
-  JPEG copy of CIFAR-10) at rho_max 0.9, the profile's LT set, `--run-steps` steps: images/s, the late
-  memory entropy against the stream's, the key staleness.
+- `run`: pretraining (`duel.train.pretrain`) of moco, dmoco and dmoco_roll (`--run-methods`) on the
+  `--data` image folder (train/<class>/, e.g. the JPEG copy of CIFAR-10) at rho_max 0.9, the profile's
+  LT set, `--run-steps` steps each, seed 0: images/s, the late memory entropy against the stream's,
+  the key staleness, the share of same-push evictions.
 """
 
 from __future__ import annotations
@@ -130,32 +131,35 @@ def rank_smoke(args: argparse.Namespace) -> None:
 
 
 def run_rows(cfg: StudyConfig, args: argparse.Namespace) -> list[Row]:
+    """`--run-steps` of pretraining per method in `--run-methods` on the rho_max 0.9 LT set, seed 0."""
     source = load_source(cfg.data, cfg.runtime)
     manifest = build_manifest(source, cfg.data, cfg.prepare, 0.9, 0)
-    indices = pretraining_indices(manifest, "lt", source.train.labels)
-    dataset = IndexedImages(source.train, indices)
+    dataset = IndexedImages(source.train, pretraining_indices(manifest, "lt", source.train.labels))
+    stream = class_entropy(dataset.labels, source.num_classes)
     pre = replace(cfg.pretrain, max_steps=args.run_steps, diagnostics_every=0)
-    torch.manual_seed(0)
-    method = build_method("dmoco", pre, DataInfo(source.channels, len(dataset), source.num_classes))
     mean, std = source.channel_stats()
     augment = ssl_augmentation(pre.augment, source.image_size, source.channels, mean, std)
-    tic = time.perf_counter()
-    with tempfile.TemporaryDirectory() as tmp:
-        history, _ = pretrain(
-            method, dataset, augment, pre, cfg.runtime, seed=0, num_classes=source.num_classes,
-            config=to_dict(pre), checkpoint=Path(tmp) / "checkpoint.pt",
-        )  # fmt: skip
-    seconds = time.perf_counter() - tic
-    late = [r["memory_entropy"] for r in history[-max(1, len(history) // 3) :]]
-    memory = method.memory
-    staleness = float((memory.pushes - memory.encoded[: memory.num_filled]).float().mean())
-    what = f"dmoco, rho_max 0.9, {len(dataset):,} images, {len(history)} steps"
-    return [
-        ("run", what, f"{len(history) * pre.batch_size / seconds:,.0f} images/s over {seconds:.0f} s"),
-        ("run", "late memory entropy / stream", f"{sum(late) / len(late):.3f} / "
-         f"{class_entropy(dataset.labels, source.num_classes):.3f}"),
-        ("run", "key staleness (pushes)", f"{staleness:.1f}"),
-    ]  # fmt: skip
+    rows = []
+    for name in args.run_methods:
+        torch.manual_seed(0)
+        method = build_method(name, pre, DataInfo(source.channels, len(dataset), source.num_classes))
+        tic = time.perf_counter()
+        with tempfile.TemporaryDirectory() as tmp:
+            history, _ = pretrain(
+                method, dataset, augment, pre, cfg.runtime, seed=0, num_classes=source.num_classes,
+                config=to_dict(pre), checkpoint=Path(tmp) / "checkpoint.pt",
+            )  # fmt: skip
+        seconds = time.perf_counter() - tic
+        late = [r["memory_entropy"] for r in history[-max(1, len(history) // 3) :]]
+        memory = method.memory
+        staleness = float((memory.pushes - memory.encoded[: memory.num_filled]).float().mean())
+        same_push = 100 * int(memory.evicted_fresh) / max(1, int(memory.evicted.sum()))
+        what = f"{name}, rho_max 0.9, {len(dataset):,} images, {len(history)} steps"
+        figure = f"{len(history) * pre.batch_size / seconds:,.0f} images/s over {seconds:.0f} s; late memory "
+        figure += f"entropy {sum(late) / len(late):.3f} (stream {stream:.3f}); key staleness {staleness:.1f}; "
+        figure += f"same-push evictions {same_push:.0f} %"
+        rows.append(("run", what, figure))
+    return rows
 
 
 def main() -> None:
@@ -166,6 +170,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=10, help="timed rounds per step figure")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--run-steps", type=int, default=300)
+    parser.add_argument("--run-methods", nargs="+", default=["moco", "dmoco", "dmoco_roll"], choices=list(METHODS))
     parser.add_argument("--tiny", action="store_true", help="CPU-sized everything (what CI runs)")
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--rank-smoke", action="store_true", help=argparse.SUPPRESS)
