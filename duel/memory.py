@@ -239,13 +239,11 @@ class ActiveMemory(nn.Module):
         taken = torch.topk(self.scores[: self.num_filled], rest).indices
         return torch.cat([free, taken])
 
-    def _count(self, counter: torch.Tensor, labels: torch.Tensor, weights: torch.Tensor | None = None) -> None:
-        """Add `weights` (default 1) to `counter` at each label in [0, len(counter)); others are skipped
-        by a zero weight, not by a boolean mask, whose data-dependent size would sync."""
+    def _count(self, counter: torch.Tensor, labels: torch.Tensor) -> None:
+        """Add 1 to `counter` at each label in [0, len(counter)); others are skipped by a zero weight, not
+        by a boolean mask, whose data-dependent size would sync."""
         if len(counter):
             valid = (labels >= 0) & (labels < len(counter))
-            if weights is not None:
-                valid &= weights.bool()
             counter.index_add_(0, labels.clamp(0, len(counter) - 1), valid.long())
 
     def _insert(self, slots: torch.Tensor, keys: torch.Tensor, labels: torch.Tensor, indices: torch.Tensor) -> None:
