@@ -19,8 +19,9 @@ def free_port() -> int:
         return probe.getsockname()[1]
 
 
-def sh(args: list[str], cwd: Path, env: dict[str, str]) -> str:
-    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True)
+def sh(args: list[str], cwd: Path, env: dict[str, str], timeout: float = 1200) -> str:
+    """Run a command to its end, at most `timeout` seconds: a hung command fails its test, not the suite."""
+    proc = subprocess.run(args, cwd=cwd, env=env, capture_output=True, text=True, timeout=timeout)
     assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
     return proc.stdout + proc.stderr
 

@@ -4,6 +4,8 @@ tracking server or to the default SQLite store; every stage run lands once, fini
 from __future__ import annotations
 
 import contextlib
+import subprocess
+import sys
 import time
 
 import mlflow
@@ -55,8 +57,15 @@ def test_two_queue_workers_log_every_stage_run_once(tmp_path, store):
     with server as (uri, _):
         if uri:
             env["MLFLOW_TRACKING_URI"] = uri
-        dvc(root, env, "queue", "start", "-j", "2")
-        wait_for_queue(root, env, within=900)
+        # The workers `queue start` leaves running inherit its output: read through a pipe, the command
+        # would not end until they do. They write their logs under .dvc/tmp instead.
+        start = [sys.executable, "-m", "dvc", "queue", "start", "-j", "2"]
+        quiet = {"cwd": root, "env": env, "stdout": subprocess.DEVNULL, "stderr": subprocess.DEVNULL}
+        subprocess.run(start, **quiet, timeout=120, check=True)
+        try:
+            wait_for_queue(root, env, within=900)
+        finally:  # workers of a failed wait would outlive the test
+            subprocess.run([sys.executable, "-m", "dvc", "queue", "stop", "--kill"], **quiet, timeout=120)
         client = mlflow.MlflowClient(uri or f"sqlite:///{root / 'mlflow.db'}")
         runs = client.search_runs([client.get_experiment_by_name("queue").experiment_id], max_results=1000)
         pretrain = [r for r in runs if r.data.tags["stage"] == "pretrain"]
