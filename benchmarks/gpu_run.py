@@ -12,7 +12,11 @@ and (for the peer) lightly. Sections:
 - `step`: `duel.train.training_step` of every registered method at the profile's backbone, batch, K,
   batch mode, precision and memory format (benchmarks/train_step.py: memories full, methods taking
   turns), lightly's MoCo when it is installed; images/s and the ratio to moco;
-- `K`: moco, dmoco (greedy) and dmoco (topk) at K = 65,536;
+- `K`: moco, dmoco (greedy) and dmoco (topk) at K = 65,536, and on CUDA dmoco (greedy) with its
+  push replayed as a CUDA graph (`runtime.cuda_graphs`);
+- `push`: one greedy DUEL push of 2B keys at the profile's K and at 65,536, eager against the CUDA
+  graph replay (ms per push, median of `--steps`), and whether 3 pushes from the same memory write
+  the same slots and keys (scores: the largest difference);
 - `nccl`: `torch.distributed.run` with one process per GPU (at most 2) running 3 data-parallel dmoco
   steps on the nccl backend, the memories checked equal across ranks (gloo on a CPU);
 - `run`: pretraining (`duel.train.pretrain`) of moco, dmoco and dmoco_roll (`--run-methods`) on the
@@ -42,7 +46,7 @@ from duel.data.datasets import Batch, IndexedImages
 from duel.data.longtail import build_manifest, pretraining_indices
 from duel.data.sources import load_source
 from duel.distributed import World
-from duel.memory import class_entropy
+from duel.memory import ActiveMemory, class_entropy
 from duel.methods import METHODS, DataInfo, build_method
 from duel.train import _shared_state, data_parallel, pretrain, training_step
 from duel.validation import parse_config
@@ -82,6 +86,11 @@ def step_rows(cfg: PretrainConfig, runtime: RuntimeConfig, args: argparse.Namesp
         for mode in ("greedy", "topk"):
             mine = replace(cfg, memory=replace(cfg.memory, batch_mode=mode))
             steps[f"dmoco ({mode})"] = ours("dmoco", mine, runtime, images, augment)
+        if device.type == "cuda":
+            graphs = replace(runtime, cuda_graphs=True)
+            steps["dmoco (greedy, CUDA graph)"] = ours(
+                "dmoco", replace(cfg, memory=replace(cfg.memory, batch_mode="greedy")), graphs, images, augment
+            )
     seconds = median_seconds(steps, device, args.warmup, args.steps)
     setting = f"{cfg.backbone}, B {cfg.batch_size}, K {cfg.memory.size:,}"
     setting += f", {cfg.memory.batch_mode}" if label == "step" else ""
@@ -89,6 +98,38 @@ def step_rows(cfg: PretrainConfig, runtime: RuntimeConfig, args: argparse.Namesp
         (f"{label} ({setting})", name, f"{cfg.batch_size / s:,.0f} images/s, {s / seconds['moco']:.2f} x moco")
         for name, s in seconds.items()
     ]
+
+
+def push_rows(cfg: PretrainConfig, args: argparse.Namespace, device: str) -> list[Row]:
+    """Greedy pushes of 2B keys, eager and (on CUDA) replayed as a CUDA graph, from the same full memory."""
+    rows = []
+    for size in (64, 256) if args.tiny else (cfg.memory.size, 65536):
+        torch.manual_seed(0)
+        full = torch.randn(size, cfg.proj_dim, device=device)
+        memories = {}
+        for graphs in (False, True) if device == "cuda" else (False,):
+            memory = ActiveMemory(size, cfg.proj_dim, "duel", cfg.memory.temperature).to(device)
+            memory.push(full)
+            memory.cuda_graphs = graphs
+            memories["CUDA graph" if graphs else "eager"] = memory
+        pushes = [torch.randn(2 * cfg.batch_size, cfg.proj_dim, device=device) for _ in range(3)]
+        for memory in memories.values():
+            for keys in pushes:
+                memory.push(keys)
+        what = f"greedy, K {size:,}, {2 * cfg.batch_size} keys"
+        if "CUDA graph" in memories:
+            eager, graph = memories.values()
+            same = torch.equal(eager.keys, graph.keys) and torch.equal(eager.born, graph.born)
+            diff = float((eager.scores - graph.scores).abs().max())
+            rows.append(
+                ("push", f"{what}: CUDA graph vs eager", f"same slots and keys: {same}; scores differ by {diff:.1e}")
+            )
+        keys = pushes[0]
+        seconds = median_seconds(
+            {n: lambda m=m, k=keys: m.push(k) for n, m in memories.items()}, torch.device(device), 1, args.steps
+        )
+        rows += [("push", f"{what}, {name}", f"{1000 * s:,.1f} ms per push") for name, s in seconds.items()]
+    return rows
 
 
 def nccl_rows(args: argparse.Namespace) -> list[Row]:
@@ -188,6 +229,7 @@ def main() -> None:
     rows = step_rows(cfg.pretrain, cfg.runtime, args, "step")
     big = replace(cfg.pretrain, memory=replace(cfg.pretrain.memory, size=256 if args.tiny else 65536))
     rows += step_rows(big, cfg.runtime, args, "K")
+    rows += push_rows(cfg.pretrain, args, device)
     rows += nccl_rows(args)
     rows += run_rows(cfg, args)
     table = "\n".join(

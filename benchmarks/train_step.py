@@ -68,6 +68,8 @@ def ours(
         method.to(memory_format=torch.channels_last)
     if runtime.compile:
         method.compile_backbones()
+    if method.memory is not None:
+        method.memory.cuda_graphs = runtime.cuda_graphs
     optimizer = torch.optim.SGD(method.param_groups(), lr=0.01, momentum=0.9)
     positions = torch.arange(len(images), device=device)
     batch = Batch(images, torch.zeros_like(positions), positions, positions)

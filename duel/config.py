@@ -151,6 +151,8 @@ class RuntimeConfig:
     precision: str = "fp32"  # fp32 | bf16 (autocast; the memory and its scores stay fp32)
     channels_last: bool = False  # channels-last memory format (faster convolutions on GPUs)
     compile: bool = False  # torch.compile the backbones
+    # CUDA: replay greedy DUEL's push as one captured CUDA graph instead of about 20 kernel launches per key
+    cuda_graphs: bool = False
     data_on_device: bool | None = None  # hold the uint8 training set on the device; null: when CUDA and <= 96 px
     cache_dir: str | None = "~/.cache/duel"  # decoded sources the stages share (duel/data/cache.py); null: off
     threads: int | None = None  # CPU threads of torch's kernels; null: torch's default (one per core)

@@ -17,6 +17,8 @@ which filled slots to overwrite once the memory is full.
 No push reads a device value on the host (a sync on a GPU): the fill level and
 the pointers depend only on how many keys came in, so they are mirrored as
 Python ints, and slots are chosen, written and counted with index arithmetic.
+Greedy DUEL is still a loop of about 20 kernels per key; on CUDA, `cuda_graphs`
+replays the whole loop of a push as one captured graph.
 """
 
 from __future__ import annotations
@@ -29,6 +31,24 @@ from torch import nn
 POLICIES = ("fifo", "random", "duel")
 BATCH_MODES = ("greedy", "topk")
 BLOCK = 4096  # most keys scored as one block: a (K, BLOCK) matrix bounds what a push allocates
+
+
+def greedy_replace(keys: torch.Tensor, scores: torch.Tensor, new: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Greedy DUEL on a full memory, in place: each row of `new` in turn replaces the slot of highest
+    score, with one (K, d) x (d, 2) product per key; returns the slots written, (len(new),), on the
+    device. Slots are (1,) device indices, not Python ints (nor 0-dim tensors, which Python turns into
+    ints), so the host never waits for the device and the loop can be captured as a CUDA graph."""
+    slots = []
+    for key in new.unbind(0):
+        j = scores.argmax().view(1)
+        p = keys @ torch.stack([keys.index_select(0, j)[0], key], 1)
+        p = p.sub_(1).div_(temperature).exp_()  # p_dup(k, evicted), p_dup(k, z)
+        scores.add_(p[:, 1]).sub_(p[:, 0])
+        # p[j, 1] pairs z with the evicted key, not a neighbour
+        scores.index_copy_(0, j, p[:, 1].sum() - p[:, 1].index_select(0, j))
+        keys.index_copy_(0, j, key.view(1, -1))
+        slots.append(j)
+    return torch.cat(slots)
 
 
 def label_entropy(labels: torch.Tensor, num_classes: int) -> torch.Tensor:
@@ -98,6 +118,9 @@ class ActiveMemory(nn.Module):
         # draw alike, while their global RNGs (augmentation) differ. Saved with the state (extra state).
         self.generator = torch.Generator().manual_seed(0)
         self._filled = self._ptr = self._window = 0  # host mirrors of filled, ptr and window_ptr
+        # Greedy pushes on CUDA as captured graphs (`_greedy`); the capture of the last push size.
+        self.cuda_graphs = False
+        self._graph: tuple | None = None
 
     def seed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
@@ -199,7 +222,7 @@ class ActiveMemory(nn.Module):
                 end = min(start + BLOCK, free)
                 self._insert(self._free_slots(end - start), keys[start:end], labels[start:end], indices[start:end])
             if free < n:
-                slots = torch.cat([self._replace_most_duplicated(key) for key in keys[free:]])
+                slots = self._greedy(keys[free:])
                 self._count_replacements(slots, labels[free:], indices[free:])
             return
         # Block modes never place two keys of one block in the same slot.
@@ -266,7 +289,7 @@ class ActiveMemory(nn.Module):
 
     def _count_replacements(self, slots: torch.Tensor, new_labels: torch.Tensor, new_indices: torch.Tensor) -> None:
         """Bookkeeping of a greedy push that wrote keys with `new_labels` into `slots` one after another
-        (`_replace_most_duplicated` writes only keys and scores): each slot's label and index become its
+        (`greedy_replace` writes only keys and scores): each slot's label and index become its
         last writer's; per-class insertions and evictions (a slot written earlier in this push evicts
         that writer's label), same-push evictions, birth pushes."""
         m = len(slots)
@@ -287,18 +310,29 @@ class ActiveMemory(nn.Module):
         self.born[slots] = self.pushes
         self.encoded[slots] = self.pushes
 
-    def _replace_most_duplicated(self, key: torch.Tensor) -> torch.Tensor:
-        """Greedy DUEL step on a full memory: one (K, d) x (d, 2) product, in place; returns the slot as
-        a (1,) device tensor. Indexing with it, not with a Python int (nor a 0-dim tensor, which Python
-        turns into one), keeps the host from waiting for the device once per key."""
-        j = self.scores.argmax().view(1)
-        p = self.keys @ torch.stack([self.keys.index_select(0, j)[0], key], 1)
-        p = p.sub_(1).div_(self.temperature).exp_()  # p_dup(k, evicted), p_dup(k, z)
-        self.scores.add_(p[:, 1]).sub_(p[:, 0])
-        # p[j, 1] pairs z with the evicted key, not a neighbour
-        self.scores.index_copy_(0, j, p[:, 1].sum() - p[:, 1].index_select(0, j))
-        self.keys.index_copy_(0, j, key.view(1, -1))
-        return j
+    def _greedy(self, new: torch.Tensor) -> torch.Tensor:
+        """`greedy_replace` of `new` into the full memory; with `cuda_graphs` on CUDA, the loop is captured
+        once per push size (capture records the kernels without running them) and replayed: one launch
+        per push instead of about 20 per key, the same kernels in the same order."""
+        if not (self.cuda_graphs and new.is_cuda):
+            return greedy_replace(self.keys, self.scores, new, self.temperature)
+        signature = (new.shape, new.dtype, self.keys.data_ptr(), self.scores.data_ptr())
+        if self._graph is None or self._graph[0] != signature:
+            self._graph = None  # the old capture's pool is freed before the new one allocates
+            static = new.clone()
+            side = torch.cuda.Stream(new.device)  # warm-up (cuBLAS setup) on copies, as capture requires
+            side.wait_stream(torch.cuda.current_stream(new.device))
+            with torch.cuda.stream(side):
+                greedy_replace(self.keys.clone(), self.scores.clone(), static[:1], self.temperature)
+            torch.cuda.current_stream(new.device).wait_stream(side)
+            graph = torch.cuda.CUDAGraph()
+            with torch.cuda.graph(graph):
+                slots = greedy_replace(self.keys, self.scores, static, self.temperature)
+            self._graph = (signature, graph, static, slots)
+        _, graph, static, slots = self._graph
+        static.copy_(new)
+        graph.replay()
+        return slots.clone()
 
     def _update_scores(self, slots: torch.Tensor, keys: torch.Tensor, free: int) -> None:
         """Replace `slots` (the first `free` of them empty, the rest filled) by `keys` and update every

@@ -254,6 +254,8 @@ def pretrain(
         method.to(memory_format=torch.channels_last)
     if runtime.compile:
         method.compile_backbones()
+    if method.memory is not None:
+        method.memory.cuda_graphs = runtime.cuda_graphs
     if _data_on_device(dataset, runtime, device):
         dataset.to(device)
     global_batch = cfg.batch_size * world.size

@@ -146,6 +146,8 @@ def validate(cfg: StudyConfig) -> None:
     _require(not (d.lazy and rt.data_on_device), "runtime.data_on_device", True, "lazy images stay on the host")
     _require(rt.num_workers >= 0, "runtime.num_workers", rt.num_workers, "must be >= 0")
     _require(rt.threads is None or rt.threads >= 1, "runtime.threads", rt.threads, "must be >= 1 or null")
+    cuda_only = f"CUDA graphs need runtime.device cuda, not {rt.device}; set it false"
+    _require(not (rt.cuda_graphs and not rt.device.startswith("cuda")), "runtime.cuda_graphs", True, cuda_only)
     _require(rt.log_every >= 1, "runtime.log_every", rt.log_every, "must be >= 1")
     cpu_only = "CPU runs only: GPU kernels are not pinned (docs/reproducibility.md); set it false"
     _require(not (rt.portable and rt.device != "cpu"), "runtime.portable", rt.portable, cpu_only)

@@ -25,6 +25,8 @@ def test_the_gpu_script_runs_every_section_on_a_cpu_at_tiny_sizes(tmp_path):
     sections = [row[0].lstrip("| ").split(" (")[0] for row in rows[1:]]
     assert sections.count("step") == len(METHODS) and sections.count("K") == 3
     assert [r[1] for r in rows if r[0].startswith("| K")] == ["moco", "dmoco (greedy)", "dmoco (topk)"]
+    pushes = [r[1] for r in rows if r[0] == "| push"]
+    assert pushes == ["greedy, K 64, 16 keys, eager", "greedy, K 256, 16 keys, eager"], pushes
     torchrun = next(r for r in rows if r[0] == "| torchrun")
     assert "memories equal on 2 ranks" in torchrun[2], torchrun
     runs = [r[1].split(",")[0] for r in rows if r[0] == "| run"]
