@@ -36,7 +36,7 @@ def configure_cpu(runtime: RuntimeConfig) -> None:
         raise DuelError(
             "runtime.portable: torch was imported before the setting could pin its kernels; run the stage as "
             "`python -m pipeline ...`, or set ATEN_CPU_CAPABILITY=default MKL_CBWR=COMPATIBLE "
-            "ONEDNN_MAX_CPU_ISA=SSE41 OMP_NUM_THREADS=<threads> before starting Python"
+            "ONEDNN_MAX_CPU_ISA=SSE41 OPENBLAS_CORETYPE=Prescott OMP_NUM_THREADS=<threads> before starting Python"
         )
     threads = runtime.threads or (1 if runtime.portable else None)
     if threads:

@@ -1,7 +1,8 @@
 """`runtime.portable`: pin the CPU kernels' instruction set and the thread count before torch loads.
 
 torch picks its vector kernels (ATen's CPU capability, MKL's and oneDNN's code paths) and its thread
-count when it is imported, from the CPU it finds. Two x86-64 CPUs with other vector units, or two
+count when it is imported, from the CPU it finds; so does OpenBLAS, numpy's and scipy's BLAS, under
+the probe's logistic regression. Two x86-64 CPUs with other vector units, or two
 thread counts, sum floats in another order and write other bytes. With `runtime.portable: true` every
 stage process sets the variables below first, so any x86-64 CPU runs the same baseline kernels on the
 same number of threads. Read with yaml alone: nothing here may import torch.
@@ -15,9 +16,15 @@ from pathlib import Path
 import yaml
 
 # Baseline kernels: ATen's scalar-or-SSE "default" path, MKL's conditional numerical reproducibility
-# mode, oneDNN capped at SSE4.1 (every x86-64 CPU of the last 15 years has it).
-PORTABLE_ENV = {"ATEN_CPU_CAPABILITY": "default", "MKL_CBWR": "COMPATIBLE", "ONEDNN_MAX_CPU_ISA": "SSE41"}
-THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+# mode, oneDNN capped at SSE4.1 (every x86-64 CPU of the last 15 years has it), OpenBLAS's SSE3 kernels
+# (left to itself it picks the CPU's: Haswell's and SkylakeX's fits of the probe choose other Cs).
+PORTABLE_ENV = {
+    "ATEN_CPU_CAPABILITY": "default",
+    "MKL_CBWR": "COMPATIBLE",
+    "ONEDNN_MAX_CPU_ISA": "SSE41",
+    "OPENBLAS_CORETYPE": "Prescott",
+}
+THREAD_ENV = ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS")
 
 
 def params_path(argv: list[str]) -> Path:
