@@ -33,7 +33,7 @@ from duel.data.augment import ssl_augmentation, to_unit
 from duel.data.datasets import Batch, IndexedImages
 from duel.data.sources import ImageSet
 from duel.methods import METHODS, DataInfo, build_method
-from duel.train import refresh_memory, training_step
+from duel.train import TrainingLoss, compile_step, refresh_memory, training_step
 
 
 def sync(device: torch.device) -> None:
@@ -66,8 +66,7 @@ def ours(
     method = build_method(name, cfg, DataInfo(3, len(images))).to(device).train()
     if runtime.channels_last:
         method.to(memory_format=torch.channels_last)
-    if runtime.compile:
-        method.compile_backbones()
+    loss_module = compile_step(method, TrainingLoss(method)) if runtime.compile else None
     if method.memory is not None:
         method.memory.cuda_graphs = runtime.cuda_graphs
     optimizer = torch.optim.SGD(method.param_groups(), lr=0.01, momentum=0.9)
@@ -84,7 +83,7 @@ def ours(
     dataset = IndexedImages(ImageSet(torch.zeros(len(images)).long().numpy(), images.cpu()), range(len(images)))
 
     def step() -> torch.Tensor:
-        loss = training_step(method, augment, optimizer, batch, runtime, 0, 1)
+        loss = training_step(method, augment, optimizer, batch, runtime, 0, 1, loss_module=loss_module)
         if method.memory is not None and method.refresh_size():
             refresh_memory(method, dataset, augment, cfg.batch_size, runtime)
         return loss

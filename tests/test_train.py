@@ -7,12 +7,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from duel.config import RuntimeConfig, to_dict
+from duel.config import MemoryConfig, PretrainConfig, RuntimeConfig, to_dict
 from duel.data.augment import ssl_augmentation, to_unit
-from duel.data.datasets import IndexedImages
+from duel.data.datasets import Batch, IndexedImages
 from duel.errors import DuelError
 from duel.methods import METHODS, DataInfo, build_method
-from duel.train import pretrain
+from duel.train import TrainingLoss, pretrain
 from duel.utils import seed_everything
 
 
@@ -178,10 +178,9 @@ def test_max_steps_stops_early_and_ends_the_cosine_schedule(tiny_source, tiny_co
     assert torch.load(tmp_path / "ck.pt", weights_only=False)["epoch"] == 1
 
 
-@pytest.mark.parametrize("compile_backbones", [False, True])
-def test_gpu_options_run_on_cpu_and_keep_the_memory_exact(tiny_source, tiny_config, tmp_path, compile_backbones):
-    """bf16 autocast, channels_last and torch.compile: the same code path a GPU run takes."""
-    fast = RuntimeConfig(precision="bf16", channels_last=True, compile=compile_backbones)
+def test_gpu_options_run_on_cpu_and_keep_the_memory_exact(tiny_source, tiny_config, tmp_path):
+    """bf16 autocast and channels_last: the same code path a GPU run takes (torch.compile: below)."""
+    fast = RuntimeConfig(precision="bf16", channels_last=True)
     cfg = replace(tiny_config, pretrain=replace(tiny_config.pretrain, max_steps=6))
     method, history = run(tiny_source, cfg, tmp_path / "ck.pt", runtime=fast)
     assert len(history) == 6 and all(math.isfinite(r["loss"]) for r in history)
@@ -189,6 +188,35 @@ def test_gpu_options_run_on_cpu_and_keep_the_memory_exact(tiny_source, tiny_conf
     assert memory.keys.dtype == torch.float32 and memory.num_filled == 32
     # Scores are maintained incrementally in fp32 even though the encoder ran under bf16 autocast.
     assert torch.allclose(memory.scores, memory.full_scores(), atol=1e-4)
+
+
+def test_compiled_step_trains_as_the_eager_one(tiny_source, tiny_config, tmp_path):
+    """runtime.compile (the whole loss module and the backbones): the same losses and memory keys as
+    eager, to float tolerance."""
+    cfg = replace(tiny_config, pretrain=replace(tiny_config.pretrain, max_steps=6))
+    eager_method, eager = run(tiny_source, cfg, tmp_path / "eager.pt")
+    method, compiled = run(tiny_source, cfg, tmp_path / "compiled.pt", runtime=RuntimeConfig(compile=True))
+    torch.testing.assert_close([r["loss"] for r in compiled], [r["loss"] for r in eager], rtol=1e-4, atol=1e-5)
+    torch.testing.assert_close(method.memory.keys, eager_method.memory.keys, rtol=1e-4, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", list(METHODS))
+def test_every_loss_module_is_one_graph(name):
+    """What runtime.compile compiles, each method's TrainingLoss, traces as a single graph: a host read
+    or another graph break in a loss (which would split it and sync a GPU) fails here."""
+    cfg = PretrainConfig(backbone="small_cnn", batch_size=16, memory=MemoryConfig(size=64))
+    method = build_method(name, cfg, DataInfo(3, 16, 3)).train()
+    if method.memory is not None:
+        method.memory.push(torch.randn(64, method.memory.dim))
+    for state in method.sample_state().values():  # a second epoch: BCL's and GH's per-sample terms on
+        state.copy_(torch.rand(state.shape))
+    method.on_epoch_start(1, 2)
+    positions = torch.arange(16)
+    batch = Batch(torch.rand(16, 3, 8, 8), positions % 3, positions, positions)
+    with torch.no_grad():
+        views = method.views(batch, ssl_augmentation(cfg.augment, 8, 3, [0.5] * 3, [0.25] * 3))
+    explained = torch._dynamo.explain(TrainingLoss(method))(views, batch)
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0), explained.break_reasons
 
 
 def test_fresh_memory_holds_the_final_encoders_keys_of_its_images(tiny_source, tiny_config, tmp_path):
