@@ -150,7 +150,7 @@ class RuntimeConfig:
     num_workers: int = 0  # DataLoader workers decoding lazy image folders
     precision: str = "fp32"  # fp32 | bf16 (autocast; the memory and its scores stay fp32)
     channels_last: bool = False  # channels-last memory format (faster convolutions on GPUs)
-    compile: bool = False  # torch.compile the backbones
+    compile: bool = False  # torch.compile each step's loss module (backbones, heads, loss) and the backbones
     # CUDA: replay greedy DUEL's push as one captured CUDA graph instead of about 20 kernel launches per key
     cuda_graphs: bool = False
     data_on_device: bool | None = None  # hold the uint8 training set on the device; null: when CUDA and <= 96 px

@@ -73,8 +73,8 @@ def data_parallel(method: SSLMethod, world: World, sync_batchnorm: bool = False)
 def compile_step(method: SSLMethod, loss_module: nn.Module) -> nn.Module:
     """`runtime.compile`: the loss module as one graph (backbones, heads and the loss with its memory
     negatives; its backward through AOTAutograd), and the backbones in place for the passes outside it
-    (re-encoding, diagnostics). On a CPU the whole loss module takes 0.83-0.88 x the eager step where
-    the backbones alone take 0.95 (benchmarks/compile_step.py)."""
+    (re-encoding, diagnostics): on a CPU a little faster than the backbones alone at the default study's
+    sizes, the same at 32 px (docs/benchmarks.md, benchmarks/compile_step.py)."""
     method.compile_backbones()
     return torch.compile(loss_module)
 
