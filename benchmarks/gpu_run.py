@@ -23,6 +23,11 @@ and (for the peer) lightly. Sections:
   `--data` image folder (train/<class>/, e.g. the JPEG copy of CIFAR-10) at rho_max 0.9, the profile's
   LT set, `--run-steps` steps each, seed 0: images/s, the late memory entropy against the stream's,
   the key staleness, the share of same-push evictions.
+
+A GPU machine is lent for minutes, so one failure must not cost the other figures: a method whose
+first step raises, or a section that raises, becomes a FAILED row naming the error (its traceback on
+stderr) and the run goes on; the table is printed and `--out` rewritten after every section, and the
+exit status is 1 when any row failed.
 """
 
 from __future__ import annotations
@@ -33,6 +38,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
+from collections.abc import Callable
 from dataclasses import replace
 from pathlib import Path
 
@@ -53,6 +60,26 @@ from duel.validation import parse_config
 
 TINY = {"backbone": "small_cnn", "batch_size": 8, "memory": {"size": 64}, "proj_dim": 16}
 Row = tuple[str, str, str]  # section, what, figure
+FAILED = "FAILED"
+
+
+def failure(error: BaseException) -> str:
+    """A FAILED figure: the error's type and first line (the traceback goes to stderr)."""
+    traceback.print_exception(error, file=sys.stderr)
+    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
+    return f"{FAILED}: {type(error).__name__}: {first}"
+
+
+def first_steps(steps: dict[str, Callable[[], object]], section: str) -> tuple[dict, list[Row]]:
+    """Each step run once before any is timed: one that raises is left out of the timing, as a FAILED row."""
+    working, failed = {}, []
+    for name, step in steps.items():
+        try:
+            step()
+            working[name] = step
+        except Exception as error:  # the other methods' figures are still measured
+            failed.append((section, name, failure(error)))
+    return working, failed
 
 
 def study(args: argparse.Namespace, device: str) -> StudyConfig:
@@ -91,11 +118,13 @@ def step_rows(cfg: PretrainConfig, runtime: RuntimeConfig, args: argparse.Namesp
             steps["dmoco (greedy, CUDA graph)"] = ours(
                 "dmoco", replace(cfg, memory=replace(cfg.memory, batch_mode="greedy")), graphs, images, augment
             )
-    seconds = median_seconds(steps, device, args.warmup, args.steps)
     setting = f"{cfg.backbone}, B {cfg.batch_size}, K {cfg.memory.size:,}"
-    setting += f", {cfg.memory.batch_mode}" if label == "step" else ""
-    return [
-        (f"{label} ({setting})", name, f"{cfg.batch_size / s:,.0f} images/s, {s / seconds['moco']:.2f} x moco")
+    section = f"{label} ({setting}{f', {cfg.memory.batch_mode}' if label == 'step' else ''})"
+    steps, failed = first_steps(steps, section)
+    seconds = median_seconds(steps, device, args.warmup, args.steps)
+    moco = seconds.get("moco")
+    return failed + [
+        (section, name, f"{cfg.batch_size / s:,.0f} images/s" + (f", {s / moco:.2f} x moco" if moco else ""))
         for name, s in seconds.items()
     ]
 
@@ -143,7 +172,7 @@ def nccl_rows(args: argparse.Namespace) -> list[Row]:
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if proc.returncode != 0:
         print(proc.stdout + proc.stderr, file=sys.stderr)
-        return [("torchrun", f"{nproc} x {backend}", f"FAILED (exit {proc.returncode}; its output is above)")]
+        return [("torchrun", f"{nproc} x {backend}", f"{FAILED}: exit {proc.returncode} (its output is on stderr)")]
     last = proc.stdout.strip().splitlines()[-1]
     return [("torchrun", f"{nproc} x {backend}", f"{last} in {time.perf_counter() - tic:.0f} s")]
 
@@ -216,6 +245,8 @@ def main() -> None:
     parser.add_argument("--out", type=Path, default=None)
     parser.add_argument("--rank-smoke", action="store_true", help=argparse.SUPPRESS)
     args = parser.parse_args()
+    if not (args.data / "train").is_dir():  # found out now, not after the sections before `run`
+        parser.error(f"--data {args.data} has no train/ folder; pass an image folder with train/<class>/ images")
     if args.rank_smoke:
         return rank_smoke(args)
     device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -226,18 +257,35 @@ def main() -> None:
         f"{cfg.runtime.precision}, channels_last {cfg.runtime.channels_last}, compile {cfg.runtime.compile}"
     )
     print(header, flush=True)  # before the work: a failing section still names the machine
-    rows = step_rows(cfg.pretrain, cfg.runtime, args, "step")
     big = replace(cfg.pretrain, memory=replace(cfg.pretrain.memory, size=256 if args.tiny else 65536))
-    rows += step_rows(big, cfg.runtime, args, "K")
-    rows += push_rows(cfg.pretrain, args, device)
-    rows += nccl_rows(args)
-    rows += run_rows(cfg, args)
-    table = "\n".join(
-        [header, "", "| section | what | figure |", "|---|---|---|"] + [f"| {a} | {b} | {c} |" for a, b, c in rows]
-    )
-    print(table)
-    if args.out is not None:
-        args.out.write_text(table + "\n")
+    sections: dict[str, Callable[[], list[Row]]] = {
+        "step": lambda: step_rows(cfg.pretrain, cfg.runtime, args, "step"),
+        "K": lambda: step_rows(big, cfg.runtime, args, "K"),
+        "push": lambda: push_rows(cfg.pretrain, args, device),
+        "torchrun": lambda: nccl_rows(args),
+        "run": lambda: run_rows(cfg, args),
+    }
+    rows = run_sections(sections, header, args.out)
+    sys.exit(int(any(figure.startswith(FAILED) for *_, figure in rows)))
+
+
+def run_sections(sections: dict[str, Callable[[], list[Row]]], header: str, out: Path | None) -> list[Row]:
+    """Every section in turn, a raising one as a FAILED row; after each, its rows and its wall time are
+    printed and `out` holds the table so far (what a call cut off at its time limit still brings back)."""
+    rows: list[Row] = []
+    for name, section in sections.items():
+        tic = time.perf_counter()
+        try:
+            new = section()
+        except Exception as error:  # the later sections' figures are still measured
+            new = [(name, "(the whole section)", failure(error))]
+        rows += new
+        print("\n".join(f"| {a} | {b} | {c} |" for a, b, c in new), flush=True)
+        print(f"{name}: {time.perf_counter() - tic:.0f} s", file=sys.stderr, flush=True)
+        if out is not None:
+            table = [header, "", "| section | what | figure |", "|---|---|---|"]
+            out.write_text("\n".join(table + [f"| {a} | {b} | {c} |" for a, b, c in rows]) + "\n")
+    return rows
 
 
 if __name__ == "__main__":

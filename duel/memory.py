@@ -326,7 +326,8 @@ class ActiveMemory(nn.Module):
                 greedy_replace(self.keys.clone(), self.scores.clone(), static[:1], self.temperature)
             torch.cuda.current_stream(new.device).wait_stream(side)
             graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
+            # thread_local: a DataLoader's pin-memory thread may allocate while this thread captures
+            with torch.cuda.graph(graph, capture_error_mode="thread_local"):
                 slots = greedy_replace(self.keys, self.scores, static, self.temperature)
             self._graph = (signature, graph, static, slots)
         _, graph, static, slots = self._graph

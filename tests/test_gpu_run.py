@@ -11,6 +11,8 @@ from fake_data import write_image_folder
 from duel.methods import METHODS
 
 ROOT = Path(__file__).parents[1]
+sys.path.insert(0, str(ROOT / "benchmarks"))
+import gpu_run  # noqa: E402 - a script beside its own helpers, not a package
 
 
 @pytest.mark.slow
@@ -32,3 +34,33 @@ def test_the_gpu_script_runs_every_section_on_a_cpu_at_tiny_sizes(tmp_path):
     runs = [r[1].split(",")[0] for r in rows if r[0] == "| run"]
     assert runs == ["moco", "dmoco", "dmoco_roll"]
     assert all("late memory entropy" in r[2] and "key staleness" in r[2] for r in rows if r[0] == "| run")
+
+
+def test_a_failing_method_or_section_is_a_failed_row_and_the_others_still_run(tmp_path, capsys):
+    """One GPU call per session: an error in one method's step or in one section must not lose the rest."""
+
+    def broken() -> None:
+        raise RuntimeError("CUDA error: operation not permitted when stream is capturing\nsecond line")
+
+    working, failed = gpu_run.first_steps({"moco": lambda: None, "dmoco": broken}, "step")
+    assert list(working) == ["moco"]
+    first_line = "CUDA error: operation not permitted when stream is capturing"
+    assert failed == [("step", "dmoco", f"FAILED: RuntimeError: {first_line}")]
+
+    def section_that_raises() -> list:
+        raise ValueError("no memory")
+
+    out = tmp_path / "table.md"
+    sections = {"a": lambda: [("a", "x", "1 images/s")], "b": section_that_raises, "c": lambda: [("c", "y", "2")]}
+    rows = gpu_run.run_sections(sections, "a machine", out)
+    failed_b = ("b", "(the whole section)", "FAILED: ValueError: no memory")
+    assert rows == [("a", "x", "1 images/s"), failed_b, ("c", "y", "2")]
+    assert out.read_text().splitlines()[-3:] == [f"| {a} | {b} | {c} |" for a, b, c in rows]
+    assert "Traceback" in capsys.readouterr().err
+
+
+def test_a_data_folder_without_train_images_is_refused_before_any_section_runs(tmp_path):
+    command = [sys.executable, str(ROOT / "benchmarks/gpu_run.py"), "--tiny", "--data", str(tmp_path)]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2 and "has no train/ folder" in proc.stderr.strip().splitlines()[-1], proc.stderr
+    assert "| step" not in proc.stdout
