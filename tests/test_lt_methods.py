@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch import nn
 
-from duel.data.augment import rand_augment_prob
+from duel.data.augment import rand_augment_ops, rand_augment_prob
 from duel.data.datasets import Batch
 from duel.errors import ConfigError
 from duel.methods import DataInfo, StepOutput, build_method
@@ -109,6 +109,83 @@ def test_rand_augment_prob_applies_one_operation_with_probability_p():
     out = rand_augment_prob(images, torch.full((64,), 20.0), torch.ones(64))
     differs = (out - images).abs().flatten(1).amax(1) > 1e-6
     assert differs.float().mean() > 0.8 and out.min() >= 0 and out.max() <= 1
+
+
+def torchvision_op(name: str, image: torch.Tensor, v: float) -> torch.Tensor:
+    """BCL's operations on one image with torchvision's functional API: the definition the batched ones meet."""
+    import torchvision.transforms.v2.functional as TF
+
+    def affine(translate=(0, 0), shear=(0.0, 0.0)):
+        return TF.affine(image, angle=0.0, translate=list(translate), scale=1.0, shear=list(shear))
+
+    w = image.shape[-1]
+    return {
+        "shear_x": lambda: affine(shear=(math.degrees(math.atan(v)), 0.0)),
+        "shear_y": lambda: affine(shear=(0.0, math.degrees(math.atan(v)))),
+        "translate_x": lambda: affine(translate=(round(v * w), 0)),
+        "translate_y": lambda: affine(translate=(0, round(v * w))),
+        "rotate": lambda: TF.rotate(image, v),
+        "autocontrast": lambda: TF.autocontrast(image),
+        "invert": lambda: TF.invert(image),
+        "equalize": lambda: TF.equalize(image),
+        "solarize": lambda: TF.solarize(image, v / 255),
+        "posterize": lambda: TF.posterize(image, max(1, int(v))),
+        "contrast": lambda: TF.adjust_contrast(image, v),
+        "color": lambda: TF.adjust_saturation(image, v),
+        "brightness": lambda: TF.adjust_brightness(image, v),
+        "sharpness": lambda: TF.adjust_sharpness(image, v),
+    }[name]().clamp(0, 1)
+
+
+@pytest.mark.parametrize("channels", [3, 1])
+@pytest.mark.parametrize("op", rand_augment_ops()[:-1], ids=lambda op: op[0])
+def test_each_batched_rand_augment_operation_is_torchvisions_on_every_image(op, channels):
+    """One call on a batch with a value per image (both signs, the range's ends, 0) = torchvision per image."""
+    name, batched, low, high, signed = op
+    g = torch.Generator().manual_seed(0)
+    images = torch.rand(12, channels, 10, 12, generator=g)
+    magnitudes = [0.0, 30.0, *(30 * torch.rand(10, generator=g)).tolist()]
+    values = [(m / 30 * (high - low) + low) * (-1 if signed and i % 2 else 1) for i, m in enumerate(magnitudes)]
+    out = batched(images, values).clamp(0, 1)
+    expected = torch.stack([torchvision_op(name, image, v) for image, v in zip(images, values, strict=True)])
+    torch.testing.assert_close(out, expected, atol=1e-6, rtol=0)
+
+
+def test_cutout_greys_a_square_of_side_v_times_the_width_around_a_centre_in_the_image():
+    *_, (_, cutout, low, high, _) = rand_augment_ops()
+    torch.manual_seed(0)
+    images = torch.rand(64, 3, 16, 16)
+    sides = [round(v * 16) for v in torch.linspace(low, high, 64).tolist()]
+    out = cutout(images, [s / 16 for s in sides])
+    grey = torch.tensor([125, 123, 114]) / 255
+    for image, result, side in zip(images, out, sides, strict=True):
+        changed = (result != image).any(0)
+        rows, cols = changed.any(1).nonzero().flatten(), changed.any(0).nonzero().flatten()
+        half = side // 2
+        assert len(rows) <= 2 * half and len(cols) <= 2 * half  # clipped at the border, never larger
+        if changed.any():  # a full rectangle of BCL's grey
+            box = result[:, rows[0] : rows[-1] + 1, cols[0] : cols[-1] + 1]
+            torch.testing.assert_close(box, grey.view(3, 1, 1).expand_as(box))
+            assert rows[-1] - rows[0] + 1 in (2 * half, *range(half, 2 * half))  # whole, or cut by a border
+    assert sum(bool((r != i).any()) for r, i in zip(out, images, strict=True)) > 40
+
+
+def test_rand_augment_gives_every_image_one_operation_at_its_own_magnitude():
+    """The batching regroups images by operation: each result is still one table operation of its own
+    image at its own magnitude (and sign), whatever its neighbours drew."""
+    torch.manual_seed(1)
+    images = torch.rand(48, 3, 12, 12)
+    magnitude = 30 * torch.rand(48)
+    out = rand_augment_prob(images, magnitude, torch.ones(48))
+    for image, result, m in zip(images, out, magnitude.tolist(), strict=True):
+        candidates = [
+            torchvision_op(name, image, s * (m / 30 * (high - low) + low))
+            for name, _, low, high, signed in rand_augment_ops()[:-1]
+            for s in ((1, -1) if signed else (1,))
+        ]
+        cut = (result != image).any(0)
+        is_cutout = bool(torch.all(result[:, cut] == (torch.tensor([125, 123, 114]) / 255)[:, None]))
+        assert is_cutout or any(torch.allclose(result, c, atol=1e-6, rtol=0) for c in candidates)
 
 
 def test_simplex_etf_is_equiangular():
