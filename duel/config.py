@@ -86,6 +86,9 @@ class AugmentConfig:
     jitter: float = 0.4  # brightness / contrast (and saturation for RGB)
     hflip: bool = False  # random horizontal flips (off for digits: not mirror-symmetric)
     grayscale_p: float = 0.2  # RGB only
+    # kornia's RandomResizedCrop: "slice" crops and resizes image by image (kernels grow with the batch),
+    # "resample" warps the whole batch at once (a fixed number of kernels, no host read: the GPU profiles)
+    cropping_mode: str = "slice"
 
 
 @dataclass(frozen=True)

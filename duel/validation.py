@@ -132,6 +132,8 @@ def validate(cfg: StudyConfig) -> None:
     _require(m.temperature > 0, "pretrain.memory.temperature", m.temperature, "must be > 0")
     a = t.augment
     _require(0 < a.crop_min_scale <= 1, "pretrain.augment.crop_min_scale", a.crop_min_scale, "must be in (0, 1]")
+    modes = ("slice", "resample")
+    _require(a.cropping_mode in modes, "pretrain.augment.cropping_mode", a.cropping_mode, "slice or resample")
     _require(pr.train_set in ("balanced", "lt", "kshot"), "probe.train_set", pr.train_set, "balanced, lt or kshot")
     _require(pr.shots >= 1, "probe.shots", pr.shots, "must be >= 1")
     _require(pr.splits >= 1, "probe.splits", pr.splits, "must be >= 1")

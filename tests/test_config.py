@@ -25,6 +25,7 @@ def test_empty_params_give_the_documented_defaults():
         ({"probe": {"heads": ["svm"]}}, "probe.heads='svm' is not allowed: known heads: ce, focal"),
         ({"probe": {"posthoc_taus": [-1.0]}}, "probe.posthoc_taus=[-1.0] is not allowed"),
         ({"runtime": {"precision": "fp16"}}, "runtime.precision='fp16' is not allowed: fp32 or bf16"),
+        ({"pretrain": {"augment": {"cropping_mode": "crop"}}}, "pretrain.augment.cropping_mode='crop' is not allowed"),
         ({"runtime": {"cuda_graphs": True}}, "runtime.cuda_graphs=True is not allowed: CUDA graphs need"),
         ({"data": {"source": "cifar10"}}, "runtime.data_root=None is not allowed: source cifar10 needs a folder"),
         ({"pretrain": {"method_kwargs": {"byol": {}}}}, "pretrain.method_kwargs='byol' is not allowed: known methods"),

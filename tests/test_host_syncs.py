@@ -13,7 +13,7 @@ sys.path.insert(0, str(Path(__file__).parents[1] / "benchmarks"))
 from host_syncs import counted
 from train_step import ours
 
-from duel.config import PretrainConfig, RuntimeConfig
+from duel.config import AugmentConfig, PretrainConfig, RuntimeConfig
 from duel.data.augment import ssl_augmentation
 from duel.memory import ActiveMemory
 from duel.methods import METHODS, DataInfo, build_method
@@ -92,3 +92,18 @@ def test_greedy_push_equals_the_definition_key_by_key(size, n):
         assert torch.equal(memory.indices, indices)
         torch.testing.assert_close(memory.keys, reference)
         torch.testing.assert_close(memory.scores, memory.full_scores(), rtol=1e-4, atol=1e-4)
+
+
+def test_the_gpu_profiles_augmentation_launches_as_many_kernels_for_any_batch():
+    """`cropping_mode: resample` (the GPU profiles) warps the batch at once; kornia's default crops image by
+    image, so its op count grows with the batch (and it reads the crop sizes on the host)."""
+    ops = {}
+    for mode in ("slice", "resample"):
+        cfg = replace(AugmentConfig(), cropping_mode=mode)
+        augment = ssl_augmentation(cfg, 16, 3, [0.5] * 3, [0.25] * 3)
+        for batch in (8, 64):
+            with counted() as (counter, _):
+                augment(torch.rand(batch, 3, 16, 16))
+            ops[mode, batch] = sum(counter.ops.values()), counter.sites["kornia/geometry/transform/crop2d.py"]
+    assert ops["resample", 8] == ops["resample", 64] and ops["resample", 8][1] == 0
+    assert ops["slice", 64][0] > ops["slice", 8][0] + 100
