@@ -29,7 +29,7 @@ import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 from train_step import ours, step_options
 
-from duel.config import PretrainConfig, RuntimeConfig
+from duel.config import AugmentConfig, PretrainConfig, RuntimeConfig
 from duel.data.augment import ssl_augmentation
 from duel.memory import ActiveMemory
 
@@ -107,7 +107,7 @@ def main() -> None:
     args = parser.parse_args()
     print(
         f"backbone={args.backbone} B={args.batch} {args.size}px K={args.memory} batch_mode={args.batch_mode} "
-        f"precision={args.precision} channels_last={args.channels_last}\n"
+        f"precision={args.precision} channels_last={args.channels_last} cropping_mode={args.cropping_mode}\n"
     )
     rows = []
     if args.push:
@@ -119,7 +119,8 @@ def main() -> None:
                 memory.push(keys)
             rows.append(row(f"{policy}, {mode}", counts, reads))
     else:
-        base = PretrainConfig(backbone=args.backbone, batch_size=args.batch, proj_dim=128)
+        crop = AugmentConfig(cropping_mode=args.cropping_mode)
+        base = PretrainConfig(backbone=args.backbone, batch_size=args.batch, proj_dim=128, augment=crop)
         cfg = replace(base, memory=replace(base.memory, size=args.memory, batch_mode=args.batch_mode))
         runtime = RuntimeConfig(precision=args.precision, channels_last=args.channels_last)
         images = torch.randint(0, 256, (args.batch, 3, args.size, args.size), dtype=torch.uint8)

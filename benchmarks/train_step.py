@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from duel.backbones import build_backbone
-from duel.config import PretrainConfig, RuntimeConfig
+from duel.config import AugmentConfig, PretrainConfig, RuntimeConfig
 from duel.data.augment import ssl_augmentation, to_unit
 from duel.data.datasets import Batch, IndexedImages
 from duel.data.sources import ImageSet
@@ -139,6 +139,7 @@ def step_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--batch-mode", default="greedy", choices=["greedy", "topk"])
     parser.add_argument("--precision", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--channels-last", action="store_true")
+    parser.add_argument("--cropping-mode", default="slice", choices=["slice", "resample"], help="resample: GPU")
     parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=list(METHODS), help="moco first")
 
 
@@ -151,7 +152,8 @@ def main() -> None:
     parser.add_argument("--no-peer", action="store_true", help="skip lightly's MoCo")
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     args = parser.parse_args()
-    base = PretrainConfig(backbone=args.backbone, batch_size=args.batch, proj_dim=128)
+    crop = AugmentConfig(cropping_mode=args.cropping_mode)
+    base = PretrainConfig(backbone=args.backbone, batch_size=args.batch, proj_dim=128, augment=crop)
     runtime = RuntimeConfig(
         device=args.device, precision=args.precision, channels_last=args.channels_last, compile=args.compile
     )
@@ -163,7 +165,8 @@ def main() -> None:
     print(
         f"device={args.device} backbone={args.backbone} B={args.batch} {args.size}px K={args.memory} "
         f"batch_mode={args.batch_mode} precision={args.precision} channels_last={args.channels_last} "
-        f"compile={args.compile} threads={torch.get_num_threads()} steps={args.steps}"
+        f"cropping_mode={args.cropping_mode} compile={args.compile} threads={torch.get_num_threads()} "
+        f"steps={args.steps}"
     )
     steps = {name: ours(name, cfg, runtime, images, augment) for name in dict.fromkeys(["moco", *args.methods])}
     if not args.no_peer:
