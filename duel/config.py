@@ -22,6 +22,7 @@ PROFILES = ("exp", "step", "dominant", "balanced", "balanced_matched", "natural"
 # Profiles whose imbalance value only labels the setting: the LT set is given, not drawn.
 GIVEN_PROFILES = ("natural", "file")
 TRAIN_SETS = ("lt", "balanced")  # sweep.train_sets: D_i and D_b
+CROPPING_MODES = ("slice", "resample")  # pretrain.augment.cropping_mode: kornia's RandomResizedCrop
 
 
 @dataclass(frozen=True)

@@ -10,7 +10,16 @@ from __future__ import annotations
 from typing import Any
 
 from duel.backbones import BACKBONES
-from duel.config import GIVEN_PROFILES, PROFILES, TRAIN_SETS, PrepareConfig, StudyConfig, build_config, to_dict
+from duel.config import (
+    CROPPING_MODES,
+    GIVEN_PROFILES,
+    PROFILES,
+    TRAIN_SETS,
+    PrepareConfig,
+    StudyConfig,
+    build_config,
+    to_dict,
+)
 from duel.data.sources import SOURCES
 from duel.errors import ConfigError
 from duel.eval.heads import HEADS
@@ -28,6 +37,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pretrain.backbone": tuple(BACKBONES),
     "pretrain.lr_scaling": ("none", "linear"),
     "pretrain.memory.batch_mode": BATCH_MODES,
+    "pretrain.augment.cropping_mode": CROPPING_MODES,
     "probe.train_set": ("balanced", "lt", "kshot"),
     "probe.groups": ("thirds", "shots"),
     "probe.heads": tuple(HEADS),
@@ -132,8 +142,7 @@ def validate(cfg: StudyConfig) -> None:
     _require(m.temperature > 0, "pretrain.memory.temperature", m.temperature, "must be > 0")
     a = t.augment
     _require(0 < a.crop_min_scale <= 1, "pretrain.augment.crop_min_scale", a.crop_min_scale, "must be in (0, 1]")
-    modes = ("slice", "resample")
-    _require(a.cropping_mode in modes, "pretrain.augment.cropping_mode", a.cropping_mode, "slice or resample")
+    _require(a.cropping_mode in CROPPING_MODES, "pretrain.augment.cropping_mode", a.cropping_mode, "slice or resample")
     _require(pr.train_set in ("balanced", "lt", "kshot"), "probe.train_set", pr.train_set, "balanced, lt or kshot")
     _require(pr.shots >= 1, "probe.shots", pr.shots, "must be >= 1")
     _require(pr.splits >= 1, "probe.splits", pr.splits, "must be >= 1")
