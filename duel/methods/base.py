@@ -157,10 +157,14 @@ class SSLMethod(nn.Module):
 
     @torch.no_grad()
     def momentum_update(self) -> None:
+        """target = m * target + (1 - m) * online, as one multi-tensor kernel per operation on a GPU (a
+        loop over the parameters would launch two per tensor); on a CPU the same per-tensor arithmetic."""
         m = self.cfg.key_momentum
         for online, target in self.momentum_pairs():
-            for p_o, p_t in zip(online.parameters(), target.parameters(), strict=True):
-                p_t.mul_(m).add_(p_o.detach(), alpha=1 - m)
+            targets, onlines = list(target.parameters()), [p.detach() for p in online.parameters()]
+            assert len(targets) == len(onlines)
+            torch._foreach_mul_(targets, m)
+            torch._foreach_add_(targets, onlines, alpha=1 - m)
 
     def negatives(self) -> torch.Tensor:
         assert self.memory is not None
