@@ -12,6 +12,8 @@ and (for the peer) lightly. Sections:
 - `step`: `duel.train.training_step` of every registered method at the profile's backbone, batch, K,
   batch mode, precision and memory format (benchmarks/train_step.py: memories full, methods taking
   turns), lightly's MoCo when it is installed; images/s and the ratio to moco;
+- `compile`: `--compile-methods` (moco and dmoco unless `--tiny` or `--compile`) eager and with
+  `runtime.compile`, the compiled step's images/s as a ratio to its eager one;
 - `K`: moco, dmoco (greedy) and dmoco (topk) at K = 65,536, and on CUDA dmoco (greedy) with its
   push replayed as a CUDA graph (`runtime.cuda_graphs`);
 - `push`: one greedy DUEL push of 2B keys at the profile's K and at 65,536, eager against the CUDA
@@ -108,6 +110,12 @@ def step_rows(cfg: PretrainConfig, runtime: RuntimeConfig, args: argparse.Namesp
                 steps["lightly-moco"] = lightly_moco(cfg, runtime, images, augment)
             except ImportError:
                 print("lightly is not installed: no peer row", file=sys.stderr)
+    elif label == "compile":  # runtime.compile against eager, method by method
+        compiled = replace(runtime, compile=True)
+        steps = {}
+        for name in args.compile_methods:
+            steps[name] = ours(name, cfg, runtime, images, augment)
+            steps[f"{name}, compiled"] = ours(name, cfg, compiled, images, augment)
     else:  # the memory's cost alone: moco against both of DUEL's batch modes
         steps = {"moco": ours("moco", cfg, runtime, images, augment)}
         for mode in ("greedy", "topk"):
@@ -120,13 +128,14 @@ def step_rows(cfg: PretrainConfig, runtime: RuntimeConfig, args: argparse.Namesp
             )
     setting = f"{cfg.backbone}, B {cfg.batch_size}, K {cfg.memory.size:,}"
     section = f"{label} ({setting}{f', {cfg.memory.batch_mode}' if label == 'step' else ''})"
-    steps, failed = first_steps(steps, section)
+    steps, failed = first_steps(steps, section)  # a compiled step compiles in its first call
     seconds = median_seconds(steps, device, args.warmup, args.steps)
-    moco = seconds.get("moco")
-    return failed + [
-        (section, name, f"{cfg.batch_size / s:,.0f} images/s" + (f", {s / moco:.2f} x moco" if moco else ""))
-        for name, s in seconds.items()
-    ]
+    rows = []
+    for name, s in seconds.items():
+        reference = name.split(", compiled")[0] if label == "compile" else "moco"  # its eager self, or moco
+        ratio = f", {s / seconds[reference]:.2f} x {reference}" if reference in seconds and name != reference else ""
+        rows.append((section, name, f"{cfg.batch_size / s:,.0f} images/s{ratio}"))
+    return failed + rows
 
 
 def push_rows(cfg: PretrainConfig, args: argparse.Namespace, device: str) -> list[Row]:
@@ -236,7 +245,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--data", type=Path, required=True, help="an image folder with train/<class>/")
     parser.add_argument("--profile", type=Path, default=Path(__file__).parents[1] / "params/cifar10_dominant.yaml")
-    parser.add_argument("--compile", action="store_true")
+    parser.add_argument("--compile", action="store_true", help="runtime.compile in every section")
+    parser.add_argument(
+        "--compile-methods", nargs="*", default=None, choices=list(METHODS),
+        help="timed again with runtime.compile beside eager (default moco dmoco; none with --tiny or --compile)",
+    )  # fmt: skip
     parser.add_argument("--steps", type=int, default=10, help="timed rounds per step figure")
     parser.add_argument("--warmup", type=int, default=3)
     parser.add_argument("--run-steps", type=int, default=300)
@@ -249,6 +262,8 @@ def main() -> None:
         parser.error(f"--data {args.data} has no train/ folder; pass an image folder with train/<class>/ images")
     if args.rank_smoke:
         return rank_smoke(args)
+    if args.compile_methods is None:  # compiling costs about a minute per method
+        args.compile_methods = [] if args.tiny or args.compile else ["moco", "dmoco"]
     device = "cuda" if torch.cuda.is_available() else "cpu"
     cfg = study(args, device)
     name = torch.cuda.get_device_name() if device == "cuda" else "CPU"
@@ -258,8 +273,10 @@ def main() -> None:
     )
     print(header, flush=True)  # before the work: a failing section still names the machine
     big = replace(cfg.pretrain, memory=replace(cfg.pretrain.memory, size=256 if args.tiny else 65536))
-    sections: dict[str, Callable[[], list[Row]]] = {
-        "step": lambda: step_rows(cfg.pretrain, cfg.runtime, args, "step"),
+    sections: dict[str, Callable[[], list[Row]]] = {"step": lambda: step_rows(cfg.pretrain, cfg.runtime, args, "step")}
+    if args.compile_methods:
+        sections["compile"] = lambda: step_rows(cfg.pretrain, cfg.runtime, args, "compile")
+    sections |= {
         "K": lambda: step_rows(big, cfg.runtime, args, "K"),
         "push": lambda: push_rows(cfg.pretrain, args, device),
         "torchrun": lambda: nccl_rows(args),

@@ -20,13 +20,15 @@ def test_the_gpu_script_runs_every_section_on_a_cpu_at_tiny_sizes(tmp_path):
     write_image_folder(tmp_path / "data", per_class=110, test_per_class=2)
     out = tmp_path / "table.md"
     command = [sys.executable, str(ROOT / "benchmarks/gpu_run.py"), "--tiny", "--data", str(tmp_path / "data")]
-    command += ["--steps", "1", "--warmup", "1", "--run-steps", "3", "--out", str(out)]
+    command += ["--steps", "1", "--warmup", "1", "--run-steps", "3", "--compile-methods", "moco", "--out", str(out)]
     proc = subprocess.run(command, capture_output=True, text=True, timeout=300)
     assert proc.returncode == 0, proc.stderr[-3000:]
     rows = [line.split(" | ") for line in out.read_text().splitlines() if line.startswith("| ") and "---" not in line]
     sections = [row[0].lstrip("| ").split(" (")[0] for row in rows[1:]]
     assert sections.count("step") == len(METHODS) and sections.count("K") == 3
     assert [r[1] for r in rows if r[0].startswith("| K")] == ["moco", "dmoco (greedy)", "dmoco (topk)"]
+    compiled = [r[1:] for r in rows if r[0].startswith("| compile")]
+    assert [what for what, _ in compiled] == ["moco", "moco, compiled"] and " x moco " in compiled[1][1], compiled
     pushes = [r[1] for r in rows if r[0] == "| push"]
     assert pushes == ["greedy, K 64, 16 keys, eager", "greedy, K 256, 16 keys, eager"], pushes
     torchrun = next(r for r in rows if r[0] == "| torchrun")
