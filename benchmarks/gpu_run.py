@@ -68,8 +68,8 @@ FAILED = "FAILED"
 def failure(error: BaseException) -> str:
     """A FAILED figure: the error's type and first line (the traceback goes to stderr)."""
     traceback.print_exception(error, file=sys.stderr)
-    first = str(error).strip().splitlines()[0][:300] if str(error).strip() else ""
-    return f"{FAILED}: {type(error).__name__}: {first}"
+    lines = str(error).strip().splitlines() or [""]
+    return f"{FAILED}: {type(error).__name__}: {lines[0][:300]}"
 
 
 def first_steps(steps: dict[str, Callable[[], object]], section: str) -> tuple[dict, list[Row]]:
@@ -290,6 +290,8 @@ def run_sections(sections: dict[str, Callable[[], list[Row]]], header: str, out:
     """Every section in turn, a raising one as a FAILED row; after each, its rows and its wall time are
     printed and `out` holds the table so far (what a call cut off at its time limit still brings back)."""
     rows: list[Row] = []
+    columns = ["", "| section | what | figure |", "|---|---|---|"]
+    print("\n".join(columns), flush=True)  # the rows below, as they come, make one Markdown table
     for name, section in sections.items():
         tic = time.perf_counter()
         try:
@@ -300,8 +302,7 @@ def run_sections(sections: dict[str, Callable[[], list[Row]]], header: str, out:
         print("\n".join(f"| {a} | {b} | {c} |" for a, b, c in new), flush=True)
         print(f"{name}: {time.perf_counter() - tic:.0f} s", file=sys.stderr, flush=True)
         if out is not None:
-            table = [header, "", "| section | what | figure |", "|---|---|---|"]
-            out.write_text("\n".join(table + [f"| {a} | {b} | {c} |" for a, b, c in rows]) + "\n")
+            out.write_text("\n".join([header, *columns] + [f"| {a} | {b} | {c} |" for a, b, c in rows]) + "\n")
     return rows
 
 
