@@ -1,5 +1,7 @@
 # Two entry points (see README): `make repro` runs the study, `make test` runs the checks.
 VENV := .venv
+# The interpreter the venv is made from: any CPython 3.11-3.13 (`make repro PYTHON=python3.12`).
+PYTHON ?= python3
 NOTEBOOK := notebooks/analysis.ipynb
 export PATH := $(CURDIR)/$(VENV)/bin:$(PATH)
 # mkdocs-material prints a banner about its successor on every build otherwise.
@@ -7,10 +9,10 @@ export NO_MKDOCS_2_WARNING := 1
 
 .PHONY: setup lock repro test docs notebook ui server gpu-bundle
 
-# The locked environment: every package at the version and file hash of requirements.lock, then the
-# project itself (`make lock` rewrites the lock after a pin in pyproject.toml changes).
+# The locked environment: every package at the version and file hash of requirements.lock (pip picks the
+# files for this Python and platform), then the project itself.
 $(VENV)/.installed: pyproject.toml requirements.lock
-	python3 -m venv $(VENV)
+	$(PYTHON) -m venv $(VENV)
 	# pip compiles every module now (not --no-compile): where PYTHONDONTWRITEBYTECODE is set, as on the
 	# reference and CI machines, Python never writes a .pyc itself, and every stage would compile its imports.
 	$(VENV)/bin/python -m pip install --quiet --disable-pip-version-check --require-hashes -r requirements.lock
@@ -19,8 +21,11 @@ $(VENV)/.installed: pyproject.toml requirements.lock
 
 setup: $(VENV)/.installed
 
+# After a pin in pyproject.toml changes: uv resolves once for every Python and platform of [tool.uv] (uv.lock,
+# keeping the other versions) and exports it for pip with the hash of every file of each version.
 lock: setup
-	python tools/lock.py
+	uv lock
+	uv export --format requirements-txt --extra dev --no-emit-project --frozen --quiet -o requirements.lock
 
 repro: setup
 	dvc repro
