@@ -8,7 +8,9 @@ exponential moving average of its scores (per-sample state), re-estimated period
 during a warm-up (plain SimCLR) and its weight then ramps up linearly to `w_gh`.
 Reference: MediaBrain-SJTU/Geometric-Harmonization train_cifar.py, utils.py (`sinkhorn`, `GHLoss`),
 target/gen_target.py. Their schedule (1000 epochs: warm-up 500, ramp 10, prior every 20) is written
-here as fractions of the run, so a short schedule keeps its shape.
+here as fractions of the run, so a short schedule keeps its shape; the score EMA's momenta, which
+apply once per visit of a sample (once an epoch), are raised to a power so that each phase of a
+shorter run decays the EMA as much as the same phase of the reference's 1000 epochs (`momenta`).
 """
 
 from __future__ import annotations
@@ -38,8 +40,11 @@ class GHParams:
     sinkhorn_epsilon: float = 0.05  # [GH] GHLoss(0.05, ...)
     sinkhorn_iterations: int = 300  # [GH] --sinkhorn_iter
     temperature: float = 0.1  # [GH] GHLoss gamma: softmax temperature of the predictions
-    ema_warmup: float = 0.9  # [GH] score EMA momentum during the warm-up ...
-    ema: float = 0.999  # [GH] --beta: ... and after it
+    ema_warmup: float = 0.9  # [GH] score EMA momentum per visit during the warm-up ...
+    ema: float = 0.999  # [GH] --beta: ... and after it, at the reference's length (see `momenta`)
+    # [GH] --epochs 1000: the run length the two momenta belong to; a run of other length gets them raised
+    # to (reference visits / own visits) per phase (`momenta`); 0: the momenta as given, per visit
+    reference_epochs: int = 1000
     seed: int = 0  # draws the ETF
 
 
@@ -105,16 +110,41 @@ class GH(SSLMethod):
                 raise ConfigError(f"{key}.{name}", getattr(params, name), "must be in [0, 1)")
         if params.sinkhorn_iterations < 1:
             raise ConfigError(f"{key}.sinkhorn_iterations", params.sinkhorn_iterations, "must be >= 1")
+        if params.reference_epochs < 0:
+            raise ConfigError(f"{key}.reference_epochs", params.reference_epochs, "must be >= 0 (0: momenta unscaled)")
 
     def schedule(self, epochs: int) -> tuple[int, int, int]:
         """(warm-up, ramp, prior interval) in epochs."""
         p = self.params
         return round(p.warmup * epochs), max(1, round(p.ramp * epochs)), max(1, round(p.prior_every * epochs))
 
+    def momenta(self, epochs: int) -> tuple[float, float]:
+        """(warm-up, after) score-EMA momenta per visit for a run of `epochs`.
+
+        [GH] train_cifar.py updates every sample's EMA once per epoch, `logit_momentum[i] = beta *
+        logit_momentum[i] + (1.0 - beta) * logit[i]` (the first epoch fills it in), with `beta = 0.9` and,
+        `if epoch >= args.warm_up`, `beta = args.beta` (0.999): 499 updates at 0.9, then 500 at 0.999, so
+        0.999^500 = 0.606 of the state at the end of the warm-up survives to the end. A phase with n of
+        those visits where the reference's `reference_epochs` schedule has N gets momentum^(N / n) per
+        visit: the same surviving weight momentum^N over the phase, the same share of the phase in the
+        average's horizon; at the reference's length the momenta are the reference's.
+        """
+        p = self.params
+        if not p.reference_epochs:
+            return p.ema_warmup, p.ema
+
+        def power(theirs: int, ours: int) -> float:  # a phase empty on either side: the length ratio
+            return theirs / ours if theirs > 0 and ours > 0 else p.reference_epochs / epochs
+
+        ours, theirs = self.schedule(epochs)[0], self.schedule(p.reference_epochs)[0]
+        # the visits that update (not start) the average: the warm-up's after its first epoch, then all
+        return p.ema_warmup ** power(theirs - 1, ours - 1), p.ema ** power(p.reference_epochs - theirs, epochs - ours)
+
     @torch.no_grad()
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
         warmup, ramp, every = self.schedule(epochs)
-        self.ema = self.params.ema if epoch >= warmup else self.params.ema_warmup
+        during, after = self.momenta(epochs)
+        self.ema = after if epoch >= warmup else during
         self.weight = self.params.w_gh * min(1.0, (epoch + 1 - warmup) / ramp) if epoch >= warmup else 0.0
         if epoch >= warmup and (epoch - warmup) % every == 0:
             self.estimate_prior()
