@@ -266,7 +266,10 @@ def pretrain(
     if _data_on_device(dataset, runtime, device):
         dataset.to(device)
     global_batch = cfg.batch_size * world.size
-    steps_per_epoch = len(dataset) // global_batch
+    # A method with `drop_last` False also trains on each epoch's last, smaller batch, in one process only:
+    # data-parallel ranks take whole global batches (world.shard), a partial one need not split evenly.
+    keep_last = not method.drop_last and not world.distributed
+    steps_per_epoch = math.ceil(len(dataset) / global_batch) if keep_last else len(dataset) // global_batch
     if steps_per_epoch == 0:
         raise DuelError(
             f"the training set has {len(dataset)} images, fewer than pretrain.batch_size={cfg.batch_size} "
@@ -326,8 +329,9 @@ def pretrain(
     for epoch in progress(remaining, "pretrain", total=len(remaining)) if world.is_main else remaining:
         method.on_epoch_start(epoch, epochs)
         tic = time.perf_counter()
-        mine = world.shard(torch.randperm(len(dataset), generator=order), cfg.batch_size)
-        for batch in dataset.batches(mine, cfg.batch_size, device, runtime.num_workers, drop_last=True):
+        epoch_order = torch.randperm(len(dataset), generator=order)
+        mine = epoch_order if keep_last else world.shard(epoch_order, cfg.batch_size)
+        for batch in dataset.batches(mine, cfg.batch_size, device, runtime.num_workers, drop_last=not keep_last):
             step = len(history) + len(pending)
             if step == total_steps:
                 break

@@ -63,6 +63,7 @@ class SSLMethod(nn.Module):
 
     Params: ClassVar[type] = NoParams
     memory_policy: ClassVar[str | None] = None  # fifo | random | duel (duel.memory.POLICIES); None: no memory
+    drop_last: ClassVar[bool] = True  # skip each epoch's last, smaller batch (False: train on it too)
 
     def __init__(self, cfg: PretrainConfig, data: DataInfo, params: Any = None) -> None:
         super().__init__()

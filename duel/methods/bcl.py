@@ -1,17 +1,32 @@
-"""BCL (Zhou et al., ICML 2022), BCL-I: SimCLR whose augmentation strength follows each sample's memorization.
+"""BCL (Zhou et al., ICML 2022): SimCLR whose augmentation strength follows each sample's memorization.
 
-Per sample, an exponential moving average of its contrastive loss over epochs (beta 0.97) is the
-memorization score: hard-to-memorise samples (the tail, in their analysis) keep high losses. At
-every epoch start the scores become weights w in [0, 1] (z-score, divided by the largest |z|,
-mapped to [0, 1]; w = 0 in the first epoch), and both views get BCL's RandAugment after the SimCLR
-augmentation: `ops` operations, each applied with probability w at magnitude strength * w * u,
-u ~ U(0, 1) drawn once per image (MediaBrain-SJTU/BCL train.py and data/memoboosted_cifar100.py).
+Reference: MediaBrain-SJTU/BCL train.py, data/memoboosted_cifar100.py, data/randaug.py ([BCL] below).
+
+- Score ([BCL] train.py `train`): per sample, a moving average of its contrastive loss (the mean over its
+  two views, losses/nt_xent.py `loss_reshape`), `new_average = (1 - beta) * loss + beta * shadow[index]`
+  (beta = --momentum_loss_beta 0.97), the loss itself in the first epoch. Every sample is visited once an
+  epoch: the reference's DataLoader keeps the last, smaller batch (`drop_last` is left at False), so
+  does this method (`drop_last`; data-parallel runs still drop it, see `duel.train.pretrain`).
+- Weight ([BCL] memoboosted_cifar100.py `calculate_momentum_weight`, after each epoch): z-score of the
+  averages (torch.std, unbiased), divided by the largest |z|, `/2 + 1/2`: w in [0, 1]; w = 0 in the
+  first epoch (`self.momentum_weight[:] = 0`).
+- Augmentation ([BCL] memoboosted_cifar100.py `__getitem__`): the SimCLR views, then
+  `RandAugment_prob(rand_k, m, w)` with, for rand_k == 1 (BCL-I, the README's setting),
+  `m = min_strength + (rand_strength - min_strength) * w` with `min_strength = 10` (no random factor),
+  and otherwise (BCL-D's augmentation) `m = 5 + (rand_strength - 5) * w * np.random.rand(1)`. The
+  transform is built once per `__getitem__`, so both views share m (and its random factor, one per
+  image). `RandAugment_prob` ([BCL] data/randaug.py) draws rand_k operations with replacement
+  (`random.choices`) and applies each with probability w (`random.uniform(0, 1) < self.p`) at value
+  `m / 30 * (max - min) + min` (`duel.data.augment.rand_augment_prob`).
+
+The reference runs BCL-D (--rand_k 2) on SDCLR (README: train_sdclr.py); here `ops >= 2` gives BCL-D's
+augmentation on SimCLR.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -26,12 +41,18 @@ from duel.methods.simclr import SimCLR
 @dataclass(frozen=True)
 class BCLParams:
     beta: float = 0.97  # [BCL] train.py --momentum_loss_beta
-    ops: int = 1  # [BCL] --rand_k
-    strength: float = 30.0  # [BCL] --rand_strength (RandAugment's 0..30 magnitude scale)
+    ops: int = 1  # [BCL] --rand_k: RandAugment operations per view (1: BCL-I; 2 or more: BCL-D's magnitude)
+    strength: float = 30.0  # [BCL] --rand_strength: the magnitude at weight 1 (RandAugment's 0..30 scale)
+    # [BCL] data/memoboosted_cifar100.py `min_strength` when --rand_k == 1: the magnitude at weight 0
+    min_strength_one_op: float = 10.0
+    min_strength_multi_op: float = 5.0  # [BCL] `min_strength` when --rand_k >= 2: the magnitude at weight 0
 
 
 class BCL(SimCLR):
     Params = BCLParams
+    # [BCL] train.py: `DataLoader(train_datasets, num_workers=..., batch_size=..., shuffle=True,
+    # pin_memory=True)`, drop_last at its default False: every sample's loss is averaged every epoch.
+    drop_last: ClassVar[bool] = False
 
     def __init__(self, cfg: PretrainConfig, data: DataInfo, params: Any = None) -> None:
         super().__init__(cfg, data, params)
@@ -48,6 +69,20 @@ class BCL(SimCLR):
             raise ConfigError(f"{key}.ops", params.ops, "must be >= 1")
         if not 0 <= params.strength <= 30:
             raise ConfigError(f"{key}.strength", params.strength, "must be in [0, 30] (RandAugment's scale)")
+        for name in ("min_strength_one_op", "min_strength_multi_op"):
+            value = getattr(params, name)
+            if not 0 <= value <= params.strength:
+                raise ConfigError(f"{key}.{name}", value, f"must be in [0, strength={params.strength}]")
+
+    def magnitude(self, weight: torch.Tensor) -> torch.Tensor:
+        """Each image's RandAugment magnitude from its weight w ([BCL] memoboosted_cifar100.py): one
+        operation, `min + (strength - min) * w`; several, `min + (strength - min) * w * u`, u ~ U[0, 1)
+        once per image (shared by its two views)."""
+        p = self.params
+        if p.ops == 1:
+            return p.min_strength_one_op + (p.strength - p.min_strength_one_op) * weight
+        u = torch.rand(len(weight), device=weight.device)
+        return p.min_strength_multi_op + (p.strength - p.min_strength_multi_op) * weight * u
 
     @torch.no_grad()
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
@@ -57,14 +92,16 @@ class BCL(SimCLR):
             return
         loss = self.memo_loss[seen]
         z = (loss - loss.mean()) / loss.std().nan_to_num(0).clamp_min(1e-12)
-        self.memo_weight.fill_(0.5)  # a sample not seen yet (dropped last batch) counts as average
+        # A sample not seen yet (only in data-parallel runs, which drop each epoch's last global batch)
+        # counts as average.
+        self.memo_weight.fill_(0.5)
         self.memo_weight[seen] = z / z.abs().max().clamp_min(1e-12) / 2 + 0.5
 
     def views(self, batch, augment: nn.Sequential) -> list[torch.Tensor]:
         *ssl_steps, normalize = augment  # BCL's operations act on [0, 1] images, before normalisation
         ssl = nn.Sequential(*ssl_steps)
         weight = self.memo_weight[batch.positions]
-        magnitude = self.params.strength * weight * torch.rand(len(weight), device=weight.device)
+        magnitude = self.magnitude(weight)
         return [normalize(rand_augment_prob(ssl(batch.images), magnitude, weight, self.params.ops)) for _ in range(2)]
 
     @torch.no_grad()
