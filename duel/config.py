@@ -23,6 +23,11 @@ PROFILES = ("exp", "step", "dominant", "balanced", "balanced_matched", "natural"
 GIVEN_PROFILES = ("natural", "file")
 TRAIN_SETS = ("lt", "balanced")  # sweep.train_sets: D_i and D_b
 CROPPING_MODES = ("slice", "resample")  # pretrain.augment.cropping_mode: kornia's RandomResizedCrop
+INTERPOLATIONS = ("bilinear", "bicubic")  # pretrain.augment.crop_interpolation
+PROJECTION_HEADS = ("mlp", "mlp_bn", "mlp3_bn", "linear")  # pretrain.head (duel.methods.base.projection_head)
+MEMORY_INITS = ("empty", "random")  # pretrain.memory.init
+# pretrain keys a per-method recipe may not set: they are per method already, or shape the whole study.
+NOT_IN_RECIPES = ("recipes", "method_kwargs", "backbone", "epochs", "max_steps", "nproc_per_node")
 
 
 @dataclass(frozen=True)
@@ -78,11 +83,16 @@ class MemoryConfig:
     size: int = 256  # the replacement policy is the method's (moco: fifo, dmoco: duel, rmoco: random)
     temperature: float = 0.1  # tau_d of the duplication probability
     batch_mode: str = "greedy"  # greedy | topk
+    # empty: the first steps fill it (no negatives at step 0); random: K random unit vectors, as
+    # facebookresearch/moco's builder and CIFAR-10 demo start their queue (fifo and random policies only:
+    # random keys are the least duplicated, so a duel memory would keep them)
+    init: str = "empty"
 
 
 @dataclass(frozen=True)
 class AugmentConfig:
     crop_min_scale: float = 0.5  # random resized crop: the smallest area kept
+    crop_interpolation: str = "bilinear"  # of the crop's resize: bilinear | bicubic (SDCLR, BCL: bicubic)
     rotation: float = 15.0  # degrees
     jitter: float = 0.4  # brightness / contrast (and saturation for RGB)
     hflip: bool = False  # random horizontal flips (off for digits: not mirror-symmetric)
@@ -97,17 +107,26 @@ class PretrainConfig:
     backbone: str = "small_cnn"  # the encoder (duel/backbones.py)
     epochs: int = 20  # passes over the pretraining set
     batch_size: int = 64  # images per step (per process under data-parallel training)
-    lr: float = 0.06  # SGD learning rate, cosine schedule over all steps
+    lr: float = 0.06  # SGD learning rate: linear warm-up, then a cosine to 0 over the remaining steps
+    # epochs of the linear warm-up from 0 (per step: lr * step / warm-up steps); the cosine then runs over
+    # the steps after it, as SDCLR train_simCLR.py `cosine_annealing` (10 epochs in SDCLR, BCL and GH)
+    warmup_epochs: int = 0
     momentum: float = 0.9  # SGD momentum
     weight_decay: float = 5e-4  # SGD weight decay
     temperature: float = 0.2  # of the contrastive loss (InfoNCE, NT-Xent)
     proj_dim: int = 64  # output of the projection head: the dimension of the memory's keys
+    # mlp: Linear-ReLU-Linear; mlp_bn: Linear-BN-ReLU-Linear(no bias)-BN (BCL models/simclr.py); mlp3_bn: a
+    # third such layer (SDCLR models/resnet_prune_multibn.py); linear: one Linear (MoCo's CIFAR-10 demo)
+    head: str = "mlp"
     key_momentum: float = 0.99  # EMA of MoCo's key encoder
     memory: MemoryConfig = field(default_factory=MemoryConfig)
     augment: AugmentConfig = field(default_factory=AugmentConfig)
     # Hyper-parameters of individual methods, by method name (e.g. sdclr: {prune_ratio: 0.9}); each
     # method declares and checks its own (`SSLMethod.Params`); a method not named here takes its defaults.
     method_kwargs: dict[str, dict[str, Any]] = field(default_factory=dict)
+    # A method's own values of this section's keys (e.g. bcl: {weight_decay: 5e-4}), applied over the
+    # section for that method's runs only (`for_method`): each method's reference recipe in one study.
+    recipes: dict[str, dict[str, Any]] = field(default_factory=dict)
     max_steps: int | None = None  # stop (and end the cosine schedule) after this many steps
     checkpoint_every: int = 5  # epochs
     # Data-parallel pretraining (duel.distributed): the stage launches itself through torch's elastic
@@ -251,3 +270,23 @@ def _build(cls: type, values: dict[str, Any], prefix: str) -> Any:
 def build_config(cls: type[T], values: dict[str, Any] | None, prefix: str = "") -> T:
     """A config dataclass from a mapping: types checked, unknown keys refused, defaults filled in."""
     return _build(cls, values or {}, prefix)
+
+
+def merge(base: dict[str, Any], override: dict[str, Any]) -> dict[str, Any]:
+    """`base` with `override`'s values, nested mappings merged key by key."""
+    out = dict(base)
+    for key, value in override.items():
+        out[key] = merge(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def for_method(cfg: PretrainConfig, method: str) -> PretrainConfig:
+    """The pretrain section as `method`'s runs use it: `cfg.recipes[method]` applied over it, and no
+    recipes left (a run records the values it trained with, not the other methods' recipes)."""
+    recipe = cfg.recipes.get(method, {})
+    key = f"pretrain.recipes.{method}"
+    refused = sorted(set(recipe) & set(NOT_IN_RECIPES))
+    if refused:
+        raise ConfigError(f"{key}.{refused[0]}", recipe[refused[0]], "not per method; set it in pretrain itself")
+    build_config(PretrainConfig, recipe, key)  # types and unknown keys, named where they are written
+    return build_config(PretrainConfig, merge(to_dict(cfg), recipe) | {"recipes": {}}, "pretrain")

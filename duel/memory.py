@@ -196,6 +196,12 @@ class ActiveMemory(nn.Module):
             else:
                 self._update_scores(slots, keys, 0)
 
+    @torch.no_grad()
+    def fill_random(self) -> None:
+        """Push K random unit vectors (no label or index), drawn from the memory's generator: MoCo's queue
+        at the start of training (facebookresearch/moco builder.py: `randn(dim, K)`, normalised)."""
+        self.push(torch.randn(self.size, self.dim, generator=self.generator).to(self.keys))
+
     # ------------------------------------------------------------------- push
     @torch.no_grad()
     def push(

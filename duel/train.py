@@ -80,7 +80,7 @@ def compile_step(method: SSLMethod, loss_module: nn.Module) -> nn.Module:
 
 
 def _global_output(output: StepOutput, world: World) -> StepOutput:
-    keys = None if output.keys is None else world.gather(output.keys, parts=2)
+    keys = None if output.keys is None else world.gather(output.keys, parts=len(output.keys) // len(output.per_sample))
     aux = {name: world.gather(value) for name, value in output.aux.items()}
     return StepOutput(output.loss.detach(), world.gather(output.per_sample), keys, aux)
 
@@ -91,8 +91,18 @@ def _global_batch(batch: Batch, world: World) -> Batch:
     return Batch(batch.images[:0], labels, indices, positions)
 
 
-def _cosine(total_steps: int) -> Callable[[int], float]:
-    return lambda step: 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+def lr_factor(step: int, total_steps: int, warmup_steps: int = 0) -> float:
+    """The learning rate of `step` (0-based) as a fraction of the base one. Without warm-up, a cosine to 0
+    over the run. With one, SDCLR's train_simCLR.py `cosine_annealing` (lr_min 0) as its loop runs it:
+    the scheduler steps before each update, so update `step` takes its step + 1, linear from 1 / warm-up
+    steps to 1, then the cosine over the steps after the warm-up."""
+    if warmup_steps == 0:
+        return 0.5 * (1 + math.cos(math.pi * min(step, total_steps) / total_steps))
+    step += 1
+    if step < warmup_steps:
+        return step / warmup_steps
+    cosine_steps = max(total_steps - warmup_steps, 1)
+    return 0.5 * (1 + math.cos(math.pi * min(step - warmup_steps, cosine_steps) / cosine_steps))
 
 
 def training_step(
@@ -278,10 +288,13 @@ def pretrain(
     total_steps = min(cfg.epochs * steps_per_epoch, cfg.max_steps or cfg.epochs * steps_per_epoch)
     lr = cfg.lr * (world.size if cfg.lr_scaling == "linear" else 1)
     optimizer = torch.optim.SGD(method.param_groups(), lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _cosine(total_steps))
+    warmup_steps = cfg.warmup_epochs * steps_per_epoch
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lambda step: lr_factor(step, total_steps, warmup_steps))
     order = torch.Generator().manual_seed(seed)  # the data order, the same on every rank; saved in checkpoints
     if method.memory is not None:
-        method.memory.seed(seed)  # random eviction: the same draws on every rank
+        method.memory.seed(seed)  # random eviction and a random start: the same draws on every rank
+        if cfg.memory.init == "random":
+            method.memory.fill_random()
     if world.distributed:  # each rank its own augmentations (rank 0's weights are broadcast by DDP)
         seed_everything(rank_seed(seed, world.rank), runtime.device)
 

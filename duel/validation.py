@@ -13,11 +13,17 @@ from duel.backbones import BACKBONES
 from duel.config import (
     CROPPING_MODES,
     GIVEN_PROFILES,
+    INTERPOLATIONS,
+    MEMORY_INITS,
     PROFILES,
+    PROJECTION_HEADS,
     TRAIN_SETS,
     PrepareConfig,
+    PretrainConfig,
+    RuntimeConfig,
     StudyConfig,
     build_config,
+    for_method,
     to_dict,
 )
 from duel.data.sources import SOURCES
@@ -36,8 +42,11 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "prepare.match_profile": ("exp", "step", "dominant"),
     "pretrain.backbone": tuple(BACKBONES),
     "pretrain.lr_scaling": ("none", "linear"),
+    "pretrain.head": PROJECTION_HEADS,
     "pretrain.memory.batch_mode": BATCH_MODES,
+    "pretrain.memory.init": MEMORY_INITS,
     "pretrain.augment.cropping_mode": CROPPING_MODES,
+    "pretrain.augment.crop_interpolation": INTERPOLATIONS,
     "probe.train_set": ("balanced", "lt", "kshot"),
     "probe.groups": ("thirds", "shots"),
     "probe.heads": tuple(HEADS),
@@ -69,7 +78,7 @@ def validate_imbalance(prepare: PrepareConfig, value: float, key: str = "sweep.i
 
 
 def validate(cfg: StudyConfig) -> None:
-    s, d, p, t, m, pr, rt = cfg.sweep, cfg.data, cfg.prepare, cfg.pretrain, cfg.pretrain.memory, cfg.probe, cfg.runtime
+    s, d, p, t, pr, rt = cfg.sweep, cfg.data, cfg.prepare, cfg.pretrain, cfg.probe, cfg.runtime
     for name in s.methods:
         _require(name in METHODS, "sweep.methods", name, f"known methods: {', '.join(METHODS)}")
     _require(all(bool(axis) for axis in to_dict(s).values()), "sweep", to_dict(s), "every axis needs a value")
@@ -111,38 +120,14 @@ def validate(cfg: StudyConfig) -> None:
     _require(p.head_order in ("index", "shuffled"), "prepare.head_order", p.head_order, "index or shuffled")
     for value in s.imbalance:
         validate_imbalance(p, value)
-    _require(t.backbone in BACKBONES, "pretrain.backbone", t.backbone, f"known backbones: {', '.join(BACKBONES)}")
-    _require(t.epochs > 0, "pretrain.epochs", t.epochs, "must be > 0")
-    _require(t.batch_size >= 2, "pretrain.batch_size", t.batch_size, "must be >= 2")
-    _require(t.lr > 0, "pretrain.lr", t.lr, "must be > 0")
-    _require(t.temperature > 0, "pretrain.temperature", t.temperature, "must be > 0")
-    _require(0 <= t.key_momentum < 1, "pretrain.key_momentum", t.key_momentum, "must be in [0, 1)")
-    _require(t.max_steps is None or t.max_steps >= 1, "pretrain.max_steps", t.max_steps, "null or >= 1")
-    _require(t.diagnostics_every >= 0, "pretrain.diagnostics_every", t.diagnostics_every, "must be >= 0 (0: off)")
-    for name in t.method_kwargs:
-        _require(name in METHODS, "pretrain.method_kwargs", name, f"known methods: {', '.join(METHODS)}")
+    for name in t.recipes:
+        _require(name in METHODS, "pretrain.recipes", name, f"known methods: {', '.join(METHODS)}")
+    validate_pretrain(t, rt, "pretrain")
     for name in dict.fromkeys([*s.methods, *t.method_kwargs]):  # every method that may run, defaults included
-        METHODS[name].parse_params(t.method_kwargs.get(name), f"pretrain.method_kwargs.{name}", t)
-    _require(t.checkpoint_every >= 1, "pretrain.checkpoint_every", t.checkpoint_every, "must be >= 1")
-    _require(t.nproc_per_node >= 1, "pretrain.nproc_per_node", t.nproc_per_node, "must be >= 1")
-    _require(t.lr_scaling in ("none", "linear"), "pretrain.lr_scaling", t.lr_scaling, "none or linear")
-    _require(
-        not t.sync_batchnorm or rt.device.startswith("cuda"),
-        "pretrain.sync_batchnorm",
-        t.sync_batchnorm,
-        f"torch's SyncBatchNorm runs on CUDA only, not runtime.device={rt.device}; set it false",
-    )
-    _require(
-        m.size >= t.batch_size,
-        "pretrain.memory.size",
-        m.size,
-        f"the memory must hold at least one batch (pretrain.batch_size={t.batch_size})",
-    )
-    _require(m.batch_mode in BATCH_MODES, "pretrain.memory.batch_mode", m.batch_mode, ", ".join(BATCH_MODES))
-    _require(m.temperature > 0, "pretrain.memory.temperature", m.temperature, "must be > 0")
-    a = t.augment
-    _require(0 < a.crop_min_scale <= 1, "pretrain.augment.crop_min_scale", a.crop_min_scale, "must be in (0, 1]")
-    _require(a.cropping_mode in CROPPING_MODES, "pretrain.augment.cropping_mode", a.cropping_mode, "slice or resample")
+        resolved = for_method(t, name)
+        if name in t.recipes:
+            validate_pretrain(resolved, rt, f"pretrain.recipes.{name}")
+        METHODS[name].parse_params(t.method_kwargs.get(name), f"pretrain.method_kwargs.{name}", resolved)
     _require(pr.train_set in ("balanced", "lt", "kshot"), "probe.train_set", pr.train_set, "balanced, lt or kshot")
     _require(pr.shots >= 1, "probe.shots", pr.shots, "must be >= 1")
     _require(pr.splits >= 1, "probe.splits", pr.splits, "must be >= 1")
@@ -167,3 +152,46 @@ def validate(cfg: StudyConfig) -> None:
     _require(pr.head_epochs >= 1, "probe.head_epochs", pr.head_epochs, "must be >= 1")
     taus = pr.posthoc_taus
     _require(bool(taus) and min(taus) >= 0, "probe.posthoc_taus", taus, "a non-empty list of tau >= 0 (0: none)")
+
+
+def validate_pretrain(t: PretrainConfig, rt: RuntimeConfig, where: str) -> None:
+    """The values of a pretrain section: the study's (`where` "pretrain") or one method's with its recipe
+    applied (`where` "pretrain.recipes.<method>": the study's values passed already, so a bad value is
+    the recipe's)."""
+    m = t.memory
+    _require(t.backbone in BACKBONES, f"{where}.backbone", t.backbone, f"known backbones: {', '.join(BACKBONES)}")
+    _require(t.epochs > 0, f"{where}.epochs", t.epochs, "must be > 0")
+    _require(t.batch_size >= 2, f"{where}.batch_size", t.batch_size, "must be >= 2")
+    _require(t.lr > 0, f"{where}.lr", t.lr, "must be > 0")
+    _require(t.temperature > 0, f"{where}.temperature", t.temperature, "must be > 0")
+    _require(0 <= t.key_momentum < 1, f"{where}.key_momentum", t.key_momentum, "must be in [0, 1)")
+    _require(t.max_steps is None or t.max_steps >= 1, f"{where}.max_steps", t.max_steps, "null or >= 1")
+    _require(t.diagnostics_every >= 0, f"{where}.diagnostics_every", t.diagnostics_every, "must be >= 0 (0: off)")
+    for name in t.method_kwargs:
+        _require(name in METHODS, f"{where}.method_kwargs", name, f"known methods: {', '.join(METHODS)}")
+    _require(t.checkpoint_every >= 1, f"{where}.checkpoint_every", t.checkpoint_every, "must be >= 1")
+    _require(t.nproc_per_node >= 1, f"{where}.nproc_per_node", t.nproc_per_node, "must be >= 1")
+    _require(t.lr_scaling in ("none", "linear"), f"{where}.lr_scaling", t.lr_scaling, "none or linear")
+    _require(
+        not t.sync_batchnorm or rt.device.startswith("cuda"),
+        f"{where}.sync_batchnorm",
+        t.sync_batchnorm,
+        f"torch's SyncBatchNorm runs on CUDA only, not runtime.device={rt.device}; set it false",
+    )
+    _require(
+        m.size >= t.batch_size,
+        f"{where}.memory.size",
+        m.size,
+        f"the memory must hold at least one batch (pretrain.batch_size={t.batch_size})",
+    )
+    _require(m.batch_mode in BATCH_MODES, f"{where}.memory.batch_mode", m.batch_mode, ", ".join(BATCH_MODES))
+    _require(m.temperature > 0, f"{where}.memory.temperature", m.temperature, "must be > 0")
+    a = t.augment
+    _require(0 < a.crop_min_scale <= 1, f"{where}.augment.crop_min_scale", a.crop_min_scale, "must be in (0, 1]")
+    _require(a.cropping_mode in CROPPING_MODES, f"{where}.augment.cropping_mode", a.cropping_mode, "slice or resample")
+    _require(t.warmup_epochs >= 0, f"{where}.warmup_epochs", t.warmup_epochs, "must be >= 0 (0: none)")
+    _require(t.warmup_epochs < t.epochs, f"{where}.warmup_epochs", t.warmup_epochs, f"must be < epochs ({t.epochs})")
+    _require(t.head in PROJECTION_HEADS, f"{where}.head", t.head, ", ".join(PROJECTION_HEADS))
+    _require(m.init in MEMORY_INITS, f"{where}.memory.init", m.init, ", ".join(MEMORY_INITS))
+    interpolation = a.crop_interpolation
+    _require(interpolation in INTERPOLATIONS, f"{where}.augment.crop_interpolation", interpolation, "bilinear, bicubic")

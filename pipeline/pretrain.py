@@ -13,7 +13,7 @@ from typing import Annotated
 import pandas as pd
 import typer
 
-from duel.config import StudyConfig, to_dict
+from duel.config import StudyConfig, for_method, to_dict
 from duel.data.augment import ssl_augmentation
 from duel.data.datasets import IndexedImages
 from duel.data.longtail import pretraining_indices
@@ -94,24 +94,25 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
     """One run on this process's share of the data; rank 0 alone logs to MLflow and writes the outputs."""
     source, manifest = load_data(cfg, key.imbalance, key.draw)
     indices = pretraining_indices(manifest, key.train_set, source.train.labels)
+    pre = for_method(cfg.pretrain, key.method)  # the section with this method's recipe applied
     config = {
         **key.config(),
         "data": to_dict(cfg.data),
-        "pretrain": to_dict(cfg.pretrain),
+        "pretrain": to_dict(pre),
         "manifest_fingerprint": manifest["source_fingerprint"],
         "num_train": len(indices),
         # What the run was, whichever launcher started it (torchrun over several machines included).
         "world_size": world.size,
-        "global_batch_size": cfg.pretrain.batch_size * world.size,
+        "global_batch_size": pre.batch_size * world.size,
     }
 
     seed = key.seed
     seed_everything(seed, cfg.runtime.device)
     dataset = pretraining_set(source, indices)
-    model = build_method(key.method, cfg.pretrain, DataInfo(source.channels, len(dataset), source.num_classes))
+    model = build_method(key.method, pre, DataInfo(source.channels, len(dataset), source.num_classes))
     config["memory_policy"] = model.memory_policy
     mean, std = source.channel_stats()
-    augment = ssl_augmentation(cfg.pretrain.augment, source.image_size, source.channels, mean, std)
+    augment = ssl_augmentation(pre.augment, source.image_size, source.channels, mean, std)
     checkpoint = key.checkpoint
 
     tracked = StageRun("pretrain", key.stage("pretrain"), config, cfg.tracking.experiment, resume=resume)
@@ -132,7 +133,7 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
             model,
             dataset,
             augment,
-            cfg.pretrain,
+            pre,
             cfg.runtime,
             seed=seed,
             num_classes=source.num_classes,
@@ -170,7 +171,7 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
         save_torch(
             out / "model.pt",
             {
-                "backbone": cfg.pretrain.backbone,
+                "backbone": pre.backbone,
                 "in_channels": source.channels,
                 "state_dict": model.backbone.state_dict(),
                 # The whole method without its memory (in memory.pt): key encoder and projectors, for analysis.

@@ -33,7 +33,10 @@ def ssl_augmentation(
 ) -> nn.Sequential:
     """One random view per image: crop, optional flip, small rotation, intensity jitter (colour for RGB),
     then normalisation, always the last step (a method adding operations inserts them before it)."""
-    crop = K.RandomResizedCrop((size, size), scale=(cfg.crop_min_scale, 1.0), cropping_mode=cfg.cropping_mode)
+    resample = cfg.crop_interpolation.upper()  # kornia's Resample names
+    crop = K.RandomResizedCrop(
+        (size, size), scale=(cfg.crop_min_scale, 1.0), resample=resample, cropping_mode=cfg.cropping_mode
+    )
     steps: list[nn.Module] = [crop]
     if cfg.hflip:
         steps.append(K.RandomHorizontalFlip())

@@ -28,6 +28,7 @@ from torch import nn
 from duel.backbones import build_backbone
 from duel.config import PretrainConfig, build_config
 from duel.data.datasets import Batch
+from duel.errors import ConfigError
 from duel.memory import ActiveMemory
 
 
@@ -44,7 +45,7 @@ class DataInfo:
 class StepOutput:
     loss: torch.Tensor  # the scalar that is backpropagated
     per_sample: torch.Tensor  # (B,) detached loss of each image (the mean over its views)
-    keys: torch.Tensor | None = None  # the memory entries of this batch (view 1 then view 2), pushed in after_step
+    keys: torch.Tensor | None = None  # the memory entries of this batch, one block per view, pushed in after_step
     aux: dict[str, torch.Tensor] = field(default_factory=dict)  # detached values a method's after_step needs
 
 
@@ -70,17 +71,18 @@ class SSLMethod(nn.Module):
         self.cfg, self.data = cfg, data
         self.params = params if params is not None else self.Params()
         self.backbone, self.feature_dim = build_backbone(cfg.backbone, data.channels)
-        self.projector = nn.Sequential(
-            nn.Linear(self.feature_dim, self.feature_dim),
-            nn.ReLU(inplace=True),
-            nn.Linear(self.feature_dim, cfg.proj_dim),
-        )
+        self.projector = projection_head(cfg.head, self.feature_dim, cfg.proj_dim)
         self.memory: ActiveMemory | None = None
         if self.memory_policy is not None:
             mem = cfg.memory
             self.memory = ActiveMemory(
                 mem.size, cfg.proj_dim, self.memory_policy, mem.temperature, mem.batch_mode, data.num_classes
             )
+            # Random keys are the least duplicated: a duel memory keeps them (996 of 1,024 after pushing 16 x K
+            # clustered keys), and a re-encoded memory has no image behind them.
+            if mem.init == "random" and (self.memory_policy == "duel" or self.refresh_size()):
+                allowed = "empty for a DUEL memory (it would never evict the random keys) or one that re-encodes"
+                raise ConfigError("pretrain.memory.init", mem.init, allowed)
         self._sample_state: list[str] = []
 
     # ------------------------------------------------------------ parameters
@@ -125,8 +127,9 @@ class SSLMethod(nn.Module):
         """After the optimizer step: momentum encoders follow, the batch's keys enter the memory."""
         self.momentum_update()
         if self.memory is not None and output.keys is not None:
-            # Labels and indices only feed diagnostics.
-            self.memory.push(output.keys, batch.labels.repeat(2), batch.indices.repeat(2))
+            # Labels and indices only feed diagnostics; the keys are one block per view (one or two).
+            views = len(output.keys) // len(batch.labels)
+            self.memory.push(output.keys, batch.labels.repeat(views), batch.indices.repeat(views))
 
     def refresh_size(self) -> int:
         """How many memory slots to re-encode with the current encoder after every step (0: none; the
@@ -175,6 +178,21 @@ class SSLMethod(nn.Module):
     def memory_keys(self, views: torch.Tensor) -> torch.Tensor:
         """The memory entries of `views` as this method pushes them (here: detached projections)."""
         return self.embed(views)
+
+
+def projection_head(kind: str, width: int, out: int) -> nn.Sequential:
+    """The projection head `pretrain.head` names, from the backbone's `width` features to `out`."""
+    if kind == "linear":  # facebookresearch/moco colab/moco_cifar10_demo.ipynb: the ResNet's fc, width -> 128
+        return nn.Sequential(nn.Linear(width, out))
+    if kind == "mlp":
+        return nn.Sequential(nn.Linear(width, width), nn.ReLU(inplace=True), nn.Linear(width, out))
+    # mlp_bn: SDCLR models/utils.py and BCL models/simclr.py `proj_head`, Linear-BN-ReLU-Linear(no bias)-BN;
+    # mlp3_bn: SDCLR models/resnet_prune_multibn.py `proj_head` (its CIFAR runs), one more hidden layer
+    layers: list[nn.Module] = [nn.Linear(width, width), nn.BatchNorm1d(width)]
+    for _ in range(2 if kind == "mlp3_bn" else 1):
+        layers += [nn.ReLU(inplace=True), nn.Linear(width, width, bias=False), nn.BatchNorm1d(width)]
+    layers[-2:] = [nn.Linear(width, out, bias=False), nn.BatchNorm1d(out)]
+    return nn.Sequential(*layers)
 
 
 def pair_mean(per_view: torch.Tensor) -> torch.Tensor:

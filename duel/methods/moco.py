@@ -1,4 +1,11 @@
-"""MoCo v2 (He et al. 2020; Chen et al. 2020): momentum key encoder, memory of keys, symmetric InfoNCE."""
+"""MoCo v2 (He et al. 2020; Chen et al. 2020): momentum key encoder, memory of keys, InfoNCE.
+
+facebookresearch/moco colab/moco_cifar10_demo.ipynb `ModelMoCo.forward`: asymmetric (its default), view 1
+is the query and view 2 the key, and the B keys of view 2 enter the queue; symmetric, both directions
+and both views' 2B keys. The demo sums the two directions; here they are averaged (`symmetric: true`,
+this project's default: the same gradient as the demo's sum at half the learning rate, weight decay
+aside), so a per-image loss reads on one scale in both forms.
+"""
 
 from __future__ import annotations
 
@@ -25,6 +32,9 @@ class MoCoParams:
     # (bn_splits 8 there). N processes: each holds bn_splits / N groups and the key batch is shuffled
     # across the processes, as its main_moco.py (bn_splits N: one group per process). 1: plain BatchNorm.
     bn_splits: int = 1
+    # Both directions (q1 against k2 and q2 against k1, both views' keys pushed) or the original MoCo
+    # loss (q1 against k2, view 2's keys pushed): the demo's --symmetric flag, false by default there.
+    symmetric: bool = True
 
 
 class MoCo(SSLMethod):
@@ -69,8 +79,12 @@ class MoCo(SSLMethod):
     def training_loss(self, views, batch):
         # The key encoder was updated after the previous step (`after_step`), as MoCo updates it
         # before computing this batch's keys.
+        negatives, t = self.negatives(), self.cfg.temperature
+        if not self.params.symmetric:
+            q1, k2 = self.embed(views[0]), self.keys(views[1])
+            per_image = info_nce(q1, k2, negatives, t, "none")
+            return StepOutput(per_image.mean(), per_image.detach(), keys=k2)
         q1, q2 = self.embed(views[0]), self.embed(views[1])
         k1, k2 = self.keys(views[0]), self.keys(views[1])
-        negatives, t = self.negatives(), self.cfg.temperature
         per_view = torch.cat([info_nce(q1, k2, negatives, t, "none"), info_nce(q2, k1, negatives, t, "none")])
         return StepOutput(per_view.mean(), pair_mean(per_view), keys=torch.cat([k1, k2]))
