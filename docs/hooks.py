@@ -1,28 +1,27 @@
-"""MkDocs hooks: the pages generated from the code and the notebook, and the study outputs pages show.
+"""MkDocs hooks: the analysis notebook page, the report figures, and links that leave docs/.
 
-The params and command references are built from the code at every build (`pipeline/reference.py`),
-so they cannot drift from it; the analysis notebook is rendered with the outputs it was committed with
-(`make notebook` re-executes it on the default study); figures come from `reports/`, where
-`dvc repro` writes them.
+Pages are written to read right on the repository page too: a link or image points at the file in the
+repository tree, relative to the page (a figure: `../../reports/figures/x.png` from docs/science/).
+The build serves `reports/**/*.png` at `reports/...` and renders `notebooks/analysis.ipynb` as
+`notebook.md` with the outputs it was committed with (`make notebook` re-executes it on the default
+study); `on_page_markdown` points such links at those copies. The report tables inside pages and the
+params and command references are written into docs/ by `tools/sync_docs.py`.
 """
 
 from __future__ import annotations
 
 import base64
+import posixpath
+import re
 from pathlib import Path
 
 import nbformat
 from mkdocs.structure.files import File, Files
 
-from pipeline.cli import build_app
-from pipeline.reference import cli_reference, params_reference
-
 REPORTS = Path("reports")
 NOTEBOOK = Path("notebooks/analysis.ipynb")
-GENERATED = {  # page -> its Markdown, made at build time
-    "reference/params.md": params_reference,
-    "reference/cli.md": lambda: cli_reference(build_app()),
-}
+SITE_COPIES = {NOTEBOOK.as_posix(): "notebook.md"}  # repository file -> the page the site shows it as
+LINK = re.compile(r"(\]\()([^)\s#]+)([^)\s]*\))")
 
 
 def notebook_page(path: Path) -> tuple[str, dict[str, bytes]]:
@@ -52,9 +51,32 @@ def notebook_page(path: Path) -> tuple[str, dict[str, bytes]]:
     return "\n".join(lines), figures
 
 
+def site_target(page: str, target: str) -> str | None:
+    """Where the site serves a repository file that a page under docs/ links to; None if it stays."""
+    if target.startswith(("http://", "https://", "mailto:", "/")):
+        return None
+    here = posixpath.dirname(posixpath.join("docs", page))
+    in_repo = posixpath.normpath(posixpath.join(here, target))
+    if in_repo.startswith("docs/"):
+        return None
+    if in_repo.startswith(f"{REPORTS.as_posix()}/"):
+        served = in_repo
+    elif in_repo in SITE_COPIES:
+        served = SITE_COPIES[in_repo]
+    else:
+        return None
+    return posixpath.relpath(posixpath.join("docs", served), here)
+
+
+def on_page_markdown(markdown: str, page, config, files) -> str:
+    def point(match: re.Match) -> str:
+        new = site_target(page.file.src_uri, match[2])
+        return f"{match[1]}{new or match[2]}{match[3]}"
+
+    return LINK.sub(point, markdown)
+
+
 def on_files(files: Files, config) -> Files:
-    for page, make in GENERATED.items():
-        files.append(File.generated(config, page, content=make()))
     text, figures = notebook_page(NOTEBOOK)
     files.append(File.generated(config, "notebook.md", content=text))
     for name, png in figures.items():
