@@ -1,14 +1,16 @@
-"""One table over the runs of several related studies (each a `reports/runs.csv`), mean ± std over seeds.
+"""The memory and accuracy tables over the runs of several related studies (each a `reports/runs.csv`),
+mean ± std over seeds.
 
     python notebooks/study_summary.py --out reports/cifar10_dominant_cpu/summary.md \
         "main=reports/cifar10_dominant_cpu/runs.csv" "max_staleness 2=reports/cifar10_dominant_cpu/staleness2/runs.csv"
 
 Each argument is `label=path`: the runs of one `dvc repro` (the label names the variant that study ran,
-e.g. a method hyper-parameter; `main` keeps the method names alone). Rows are method (+ variant), columns
-the memory and accuracy metrics. `vs dmoco, same seed` is the mean ± std over seeds of each run's late
-memory entropy (linear, kNN top-1) minus dmoco's of the same seed in the main study (`--baseline`: another
-method, on its LT set): the seed fixes the initial weights and the data order, so the paired difference is
-what the policy changed.
+e.g. a method hyper-parameter; `main` keeps the method names alone). Rows are method (+ variant); three
+tables hold the memory's class entropy (with the stream's own), its keys, and the accuracy.
+`vs dmoco, same seed` is the mean ± std over seeds of each run's late memory entropy (linear, kNN top-1)
+minus dmoco's of the same seed in the main study (`--baseline`: another method, on its LT set): the seed
+fixes the initial weights and the data order, so the paired difference is what the policy changed.
+A run whose runs.csv has no column for a metric (a report written before it was recorded) shows `-`.
 """
 
 from __future__ import annotations
@@ -18,18 +20,26 @@ from pathlib import Path
 
 import pandas as pd
 
-COLUMNS = {  # column -> (header, scale, decimals)
-    "memory_entropy_late": ("memory entropy, last third", 1, 3),
-    "memory_entropy": ("final memory entropy", 1, 3),
+# Three tables, so that each fits a page's width: column -> (header, scale, decimals)
+ENTROPY = {
+    "stream_entropy": ("stream", 1, 3),
+    "memory_entropy_late": ("memory, last third of training", 1, 3),
+    "memory_entropy": ("final memory", 1, 3),
+}
+KEYS = {
     "memory_head_keys": ("head-class keys / K", 1, 0),
     "fresh_eviction_share": ("same-push evictions (%)", 100, 0),
     "memory_age": ("key age (pushes)", 1, 1),
     "key_staleness": ("key staleness (pushes)", 1, 1),
+}
+ACCURACY = {
     "linear_top1": ("linear (%)", 100, 1),
     "knn_top1": ("kNN (%)", 100, 1),
     "linear_few": ("few, linear (%)", 100, 1),
 }
-# each run minus the baseline's of the same seed: column -> header
+TABLES = {"Memory class entropy": ENTROPY, "Memory keys": KEYS, "Accuracy": ACCURACY}
+COLUMNS = ENTROPY | KEYS | ACCURACY
+# each run minus the baseline's of the same seed, in the table of its metric: column -> header
 PAIRED = {"memory_entropy_late": "late entropy", "linear_top1": "linear (points)", "knn_top1": "kNN (points)"}
 
 
@@ -51,21 +61,24 @@ def summary(studies: list[tuple[str, pd.DataFrame]], baseline: str = "dmoco") ->
     reference = main[(main.method == baseline) & (main.get("train_set", "lt") == "lt")].set_index("seed")
     for column in PAIRED:
         runs[f"{column} paired"] = runs[column] - runs["seed"].map(reference[column])
-    streams = sorted({round(v, 3) for v in runs.get("stream_entropy", pd.Series(dtype=float)).dropna()})
-    stream = f"; stream entropy {', '.join(map(str, streams))}" if streams else ""
-    paired = [f"{name} vs {baseline}, same seed" for name in PAIRED.values()]
-    header = ["method", "seeds", *(h for h, _, _ in COLUMNS.values()), *paired]
     lines = [
-        f"Mean ± std over the seeds of each row{stream}.",
-        "",
-        "| " + " | ".join(header) + " |",
-        "|" + "---|" * len(header),
+        f"Mean ± std over the seeds of each row (a single value: one seed). The columns `vs {baseline}, same seed`"
+        f" are each run minus {baseline}'s run of the same seed; `-`: not recorded for those runs.",
     ]
-    for row, group in runs.groupby("row", sort=False):
-        cells = [cell(group[c], s, d) if c in group else "-" for c, (_, s, d) in COLUMNS.items()]
-        seeds = ", ".join(str(int(s)) for s in sorted(group.seed))
-        cells += [cell(group[f"{c} paired"], COLUMNS[c][1], COLUMNS[c][2]) for c in PAIRED]
-        lines.append(f"| {row} | {seeds} | " + " | ".join(cells) + " |")
+    for title, columns in TABLES.items():
+        paired = [c for c in PAIRED if c in columns]
+        header = [
+            "method",
+            "seeds",
+            *(columns[c][0] for c in columns),
+            *(f"{PAIRED[c]} vs {baseline}, same seed" for c in paired),
+        ]
+        lines += ["", f"**{title}**", "", "| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
+        for row, group in runs.groupby("row", sort=False):
+            cells = [cell(group[c], s, d) if c in group else "-" for c, (_, s, d) in columns.items()]
+            cells += [cell(group[f"{c} paired"], COLUMNS[c][1], COLUMNS[c][2]) for c in paired]
+            seeds = ", ".join(str(int(s)) for s in sorted(group.seed))
+            lines.append(f"| {row} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
 
 
