@@ -125,12 +125,13 @@ def _in_group(labels: torch.Tensor, group: torch.Tensor) -> torch.Tensor:
 def key_drift(memory: ActiveMemory, current: torch.Tensor) -> dict[str, float]:
     """Mean cosine similarity of stored keys to `current` (the current encoder's keys of the same
     images, slot by slot), overall and per staleness group `key_drift/<lo>-<hi>` in pushes (empty groups
-    are left out)."""
+    are left out). Slots whose current key is NaN (no image behind them) are left out."""
     sims = (memory.valid_keys().float() * torch.nn.functional.normalize(current.float(), dim=1)).sum(1)
     staleness = memory.pushes - memory.encoded[: memory.num_filled]
-    out = {"key_similarity_now": float(sims.mean())}
+    known = ~sims.isnan()
+    out = {"key_similarity_now": float(sims[known].mean())}
     for lo, hi in itertools.pairwise([*STALENESS_BINS, math.inf]):
-        members = (staleness >= lo) & (staleness < hi)
+        members = (staleness >= lo) & (staleness < hi) & known
         if members.any():
             out[f"key_drift/{lo}-{hi - 1 if hi < math.inf else 'inf'}"] = float(sims[members].mean())
     return out

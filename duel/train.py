@@ -178,18 +178,25 @@ def current_keys(
 ) -> torch.Tensor:
     """The current encoder's keys of the memory's images, for diagnostics: unaugmented (only the
     augmentation's last step, the normalisation) and in eval mode, so measuring them draws no random
-    number and updates no BatchNorm statistics: training goes on exactly as without them."""
+    number and updates no BatchNorm statistics: training goes on exactly as without them. A slot with no
+    image behind it (a random initial key, index -1) gets a row of NaN."""
     memory = method.memory
     assert memory is not None
     normalize = augment[-1] if isinstance(augment, nn.Sequential) else augment
-    positions = dataset.positions(memory.indices[: memory.num_filled])
+    indices = memory.indices[: memory.num_filled]
+    has_image = indices >= 0
     method.eval()
     keys = [
-        method.memory_keys(normalize(to_unit(batch.images)))
-        for batch in dataset.batches(positions, batch_size, memory.keys.device, runtime.num_workers)
+        method.memory_keys(normalize(to_unit(batch.images))).float()
+        for batch in dataset.batches(
+            dataset.positions(indices[has_image]), batch_size, memory.keys.device, runtime.num_workers
+        )
     ]
     method.train()
-    return torch.cat(keys).float()
+    out = torch.full((len(indices), memory.dim), float("nan"), device=memory.keys.device)
+    if keys:
+        out[has_image] = torch.cat(keys)
+    return out
 
 
 def _data_on_device(dataset: IndexedImages, runtime: RuntimeConfig, device: torch.device) -> bool:

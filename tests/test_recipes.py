@@ -179,6 +179,15 @@ def test_a_random_queue_gives_negatives_from_the_first_step(tiny_source, tiny_co
     torch.testing.assert_close(again.memory.keys, memory.keys)
 
 
+def test_diagnostics_measure_the_keys_with_images_beside_random_ones(tiny_source, tiny_config, tmp_path):
+    memory = replace(tiny_config.pretrain.memory, init="random")
+    cfg = replace(tiny_config, pretrain=replace(tiny_config.pretrain, max_steps=1, memory=memory))
+    method, _ = run(tiny_source, cfg, tmp_path / "ck.pt", name="moco")
+    assert int((method.memory.indices == -1).sum()) == 16  # one push of 16 keys into K 32 random ones
+    record = method.diagnostics[-1]
+    assert math.isfinite(record["key_similarity_now"]) and -1 <= record["key_similarity_now"] <= 1
+
+
 def test_a_random_queue_is_unit_vectors_without_labels(tiny_config):
     moco = build_method("moco", tiny_config.pretrain, DataInfo(1, 10, 3))
     moco.memory.seed(0)
