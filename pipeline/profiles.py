@@ -76,6 +76,8 @@ def smoke_overrides(values: dict[str, Any]) -> dict[str, Any]:
         "runtime.precision": "fp32",
         "runtime.compile": False,
     }
+    if values["pretrain"].get("warmup_epochs", 0):  # two epochs: a warm-up, then the cosine
+        out |= {"pretrain.epochs": 2, "pretrain.warmup_epochs": 1}
     n_max = smallest_n_max({**values, "sweep": {**sweep, "imbalance": out["sweep.imbalance"]}})
     if n_max is not None:
         out["prepare.n_max"] = n_max
@@ -109,7 +111,9 @@ def _dump(doc: Any) -> str:
 
 def use_profile(
     name: Annotated[str, typer.Argument(help="a file in params/ without .yaml (digits, cifar10_exp, ...)")],
-    smoke: Annotated[bool, typer.Option(help="shrink to a few CPU steps (what CI runs)")] = False,
+    smoke: Annotated[
+        bool, typer.Option(help="shrink to a few CPU steps (what CI runs); a key given with --set keeps its value")
+    ] = False,
     set_values: Annotated[
         list[str] | None, typer.Option("--set", help="override one key, e.g. --set runtime.data_root=/data/cifar")
     ] = None,
@@ -121,14 +125,17 @@ def use_profile(
         known = ", ".join(sorted(p.stem for p in PROFILES.glob("*.yaml")))
         raise DuelError(f"unknown profile {name!r}; known profiles: {known}")
     doc = YAML().load(source)
+    explicit = set()
     for item in set_values or []:
         key, sep, raw = item.partition("=")
         if not sep:
             raise DuelError(f"--set {item!r} is not key=value; e.g. --set runtime.data_root=/data/cifar")
         _set(doc, key.strip(), yaml.safe_load(raw))
-    if smoke:
+        explicit.add(key.strip())
+    if smoke:  # shrinks every key the command line did not set itself
         for key, value in smoke_overrides(_plain(doc)).items():
-            _set(doc, key, value)
+            if key not in explicit:
+                _set(doc, key, value)
     parse_config(_plain(doc))  # a bad profile or override fails here, before params.yaml changes
 
     flags = "".join([" --smoke" if smoke else "", *(f" --set {s}" for s in set_values or [])])

@@ -6,8 +6,10 @@ import json
 import math
 import sys
 
+import numpy as np
 import pandas as pd
 import pytest
+import torch
 import yaml
 
 from duel.config import flatten
@@ -26,7 +28,11 @@ PAPER_PROFILES = [
     "stl10",
     "imagenet_lt",
     "cifar10_dominant_cpu",
+    "cifar10_lt_common",
+    "cifar10_lt_reference",
 ]
+# Profiles that read SDCLR's split files: the smoke writes small ones in the same format.
+SPLIT_FILES = {"cifar10_lt_common", "cifar10_lt_reference"}
 
 
 def use_profile(cwd, env, *args):
@@ -105,8 +111,24 @@ def test_smoke_n_max_is_the_smallest_that_keeps_every_class():
         parse_config({"prepare": {"profile": "file"}})  # file needs prepare.index_file
 
 
+def write_sdclr_splits(folder, per_class=115, val_per_class=5):
+    """SDCLR-format split files over write_cifar10's training images (image i has class i % 10): a
+    validation file of `val_per_class` images per class and long-tailed split{draw}_D_i.npy files
+    (20 images of class 0 down to 1 of class 9, exp r = 20)."""
+    folder.mkdir(parents=True)
+    by_class = [np.arange(c, 10 * per_class, 10) for c in range(10)]
+    np.save(folder / "valIdxList.npy", np.concatenate([idx[:val_per_class] for idx in by_class]))
+    for draw in (1, 2):
+        counts = [max(1, int(20 * 0.05 ** (c / 9))) for c in range(10)]
+        lt = [idx[val_per_class + draw : val_per_class + draw + n] for idx, n in zip(by_class, counts, strict=True)]
+        np.save(folder / f"split{draw}_D_i.npy", np.concatenate(lt))
+
+
 def write_source(profile, data):
-    if profile == "cifar10_dominant_cpu":  # an image folder, like the JPEG copy of CIFAR-10
+    if profile in SPLIT_FILES:
+        write_cifar10(data, per_class=115)
+        write_sdclr_splits(data / "splits")
+    elif profile == "cifar10_dominant_cpu":  # an image folder, like the JPEG copy of CIFAR-10
         write_image_folder(data, per_class=115)
     elif profile.startswith("cifar10_"):
         write_cifar10(data, per_class=115)
@@ -118,17 +140,27 @@ def write_source(profile, data):
         write_image_list_tree(data, counts=[9, 5, 3], size=40)
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("profile", PAPER_PROFILES)
-def test_paper_profile_smoke_runs_every_stage(tmp_path, profile):
+def smoke_setup(tmp_path, profile, *overrides):
+    """A copy of the project with `profile` applied in smoke form to tiny files in its source's format."""
     root, data = tmp_path / "project", tmp_path / "data"
     root.mkdir()
     env = copy_project(root)
     write_source(profile, data)
     # torchvision checks each file's md5 against the official archives; the tiny files here only have the format.
-    own_copy = ("--set", "runtime.verify_checksums=false")
+    own_copy = ("--set", "runtime.verify_checksums=false", *overrides)
+    if profile in SPLIT_FILES:
+        splits = data / "splits"
+        own_copy += ("--set", f"prepare.index_file={splits}/split{{draw}}_D_i.npy")
+        own_copy += ("--set", f"prepare.val_index_file={splits}/valIdxList.npy")
     use_profile(root, env, profile, "--smoke", "--set", f"runtime.data_root={data}", *own_copy)
     commit_all(root, env, f"{profile} smoke")
+    return root, env
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("profile", [p for p in PAPER_PROFILES if p != "cifar10_lt_reference"])  # below: all methods
+def test_paper_profile_smoke_runs_every_stage(tmp_path, profile):
+    root, env = smoke_setup(tmp_path, profile)
     run_stages(root, env)
 
     sweep = yaml.safe_load((root / "params.yaml").read_text())["sweep"]
@@ -198,3 +230,40 @@ def test_digits_balance_profile_builds_the_balanced_vs_lt_table(tmp_path):
     manifests = [json.loads((tmp_path / f"outputs/prepare/imb100-d{d}/manifest.json").read_text()) for d in (0, 1)]
     assert manifests[0]["class_order"] != manifests[1]["class_order"]  # shuffled head class per draw
     assert "Pretrained on a balanced set (D_b) or the LT set (D_i)" in (tmp_path / "reports/results.md").read_text()
+
+
+@pytest.mark.slow
+def test_reference_profile_runs_every_method_under_its_own_recipe(tmp_path):
+    """cifar10_lt_reference, every method for two epochs (a warm-up, then the cosine) on SDCLR-format split
+    files: each run trains and records the recipe of its own reference."""
+    profile = yaml.safe_load((ROOT / "params" / "cifar10_lt_reference.yaml").read_text())
+    methods = profile["sweep"]["methods"]
+    root, env = smoke_setup(tmp_path, "cifar10_lt_reference", "--set", f"sweep.methods=[{','.join(methods)}]")
+    run_stages(root, env)
+    recipes = profile["pretrain"]["recipes"]
+    expected = {  # written out from the references (docs/fidelity.md)
+        "simclr": (0.5, 1e-4, 0.2, "mlp_bn", 1),
+        "sdclr": (0.5, 1e-4, 0.2, "mlp3_bn", 1),
+        "bcl": (0.5, 5e-4, 0.2, "mlp_bn", 1),
+        "gh": (0.5, 5e-4, 0.2, "mlp_bn", 1),
+        "moco": (0.06, 5e-4, 0.1, "linear", 0),
+        "dmoco": (0.06, 5e-4, 0.1, "linear", 0),
+    }
+    assert set(recipes) | {"simclr"} == set(expected) == set(methods)
+    for method in methods:
+        run = f"{method}-imb100-lt-d1-s0"
+        config = torch.load(root / f"outputs/pretrain/{run}/model.pt", weights_only=False)["config"]["pretrain"]
+        got = (config["lr"], config["weight_decay"], config["temperature"], config["head"], config["warmup_epochs"])
+        assert got == expected[method], method
+        assert config["recipes"] == {}  # a run records the values it trained with
+        log = pd.read_csv(root / f"outputs/pretrain/{run}/train_log.csv")
+        assert log["loss"].notna().all() and len(log) >= 1
+        if expected[method][4]:  # the warm-up: the first update at lr / warm-up steps, not 0
+            assert 0 < log["lr"].iloc[0] < expected[method][0]
+    memories = {
+        m: torch.load(root / f"outputs/pretrain/{m}-imb100-lt-d1-s0/memory.pt")["state_dict"] for m in ("moco", "dmoco")
+    }
+    # moco: a full random queue at the start, two asymmetric pushes of 8 keys (one view's) into K 32.
+    assert int(memories["moco"]["filled"]) == 32 and int((memories["moco"]["labels"] >= 0).sum()) == 16
+    # dmoco: an empty memory at the start (a DUEL memory would keep random keys), the same two pushes.
+    assert int(memories["dmoco"]["filled"]) == 16

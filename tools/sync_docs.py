@@ -10,7 +10,7 @@ repository page and in the built site, with no include syntax left for either to
   and the lines between are the report file, its headings made bold captions (so the report's
   headings stay out of the page's table of contents) and a blank line kept before every table.
 - The params and command references, `docs/reference/params.md` and `docs/reference/cli.md`, generated
-  from the code (`pipeline/reference.py`).
+  from the code (`pipeline/reference.py`), and the fidelity page `docs/fidelity.md` (`pipeline/fidelity.py`).
 
     python tools/sync_docs.py            # rewrite the pages that are out of step
     python tools/sync_docs.py --check    # name them and exit 1 (tests/test_docs.py runs this check)
@@ -66,12 +66,14 @@ def synced(text: str, root: Path = ROOT) -> str:
 def reference_pages() -> dict[Path, Callable[[], str]]:
     """The generated reference pages and what makes each (imported only when asked: it loads torch)."""
     sys.path.insert(0, str(ROOT))
+    from pipeline import fidelity
     from pipeline.cli import build_app
     from pipeline.reference import cli_reference, params_reference
 
     return {
         ROOT / "docs" / "reference" / "params.md": params_reference,
         ROOT / "docs" / "reference" / "cli.md": lambda: cli_reference(build_app()),
+        ROOT / "docs" / "fidelity.md": fidelity.render,
     }
 
 
