@@ -26,6 +26,12 @@ CROPPING_MODES = ("slice", "resample")  # pretrain.augment.cropping_mode: kornia
 INTERPOLATIONS = ("bilinear", "bicubic")  # pretrain.augment.crop_interpolation
 PROJECTION_HEADS = ("mlp", "mlp_bn", "mlp3_bn", "linear")  # pretrain.head (duel.methods.base.projection_head)
 MEMORY_INITS = ("empty", "random")  # pretrain.memory.init
+BATCH_MODES = ("greedy", "topk")  # pretrain.memory.batch_mode (duel.memory.ActiveMemory)
+# The registries' names, so params are checked without importing torch; tests/test_startup.py holds each
+# equal to its registry.
+SOURCE_NAMES = ("digits", "cifar10", "cifar100", "stl10", "imagefolder")  # duel.data.sources.SOURCES
+BACKBONE_NAMES = ("small_cnn", "resnet18_cifar", "resnet18", "resnet50")  # duel.backbones.BACKBONES
+HEAD_NAMES = ("ce", "focal", "cb", "ldam", "ldam_drw", "logit_adjusted")  # duel.eval.heads.HEADS
 # pretrain keys a per-method recipe may not set: they are per method already, or shape the whole study.
 NOT_IN_RECIPES = ("recipes", "method_kwargs", "backbone", "epochs", "max_steps", "nproc_per_node")
 

@@ -9,6 +9,10 @@ class DuelError(Exception):
     """An error the user can fix; the message names the problem and the fix."""
 
 
+class DataError(DuelError):
+    """Missing, corrupt or insufficient data."""
+
+
 class ConfigError(DuelError):
     def __init__(self, key: str, value: Any, allowed: str) -> None:
         super().__init__(f"params: {key}={value!r} is not allowed: {allowed}")

@@ -28,8 +28,9 @@ import math
 import torch
 from torch import nn
 
+from duel.config import BATCH_MODES
+
 POLICIES = ("fifo", "random", "duel")
-BATCH_MODES = ("greedy", "topk")
 BLOCK = 4096  # most keys scored as one block: a (K, BLOCK) matrix bounds what a push allocates
 
 

@@ -1,14 +1,9 @@
-"""Seeding, atomic writes and progress bars."""
+"""Seeding, torch checkpoints written atomically, and progress bars."""
 
 from __future__ import annotations
 
-import contextlib
-import json
-import os
 import random
-import shutil
-import tempfile
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable
 from pathlib import Path
 from typing import Any, TypeVar
 
@@ -17,6 +12,7 @@ import torch
 
 from duel.config import RuntimeConfig
 from duel.errors import DuelError
+from duel.files import atomic_path
 
 T = TypeVar("T")
 
@@ -58,26 +54,6 @@ def set_rng_states(states: dict[str, Any]) -> None:
     torch.set_rng_state(states["torch"])
     if states["cuda"]:
         torch.cuda.set_rng_state_all(states["cuda"])
-
-
-@contextlib.contextmanager
-def atomic_path(path: Path) -> Iterator[Path]:
-    """Yield a temporary sibling of `path`; it replaces `path` only if the block succeeds."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{path.name}.tmp-", dir=path.parent)) / path.name
-    try:
-        yield tmp
-        if path.is_dir() and not path.is_symlink():
-            shutil.rmtree(path)
-        os.replace(tmp, path)
-    finally:
-        shutil.rmtree(tmp.parent, ignore_errors=True)
-
-
-def write_json(path: Path, data: Any, indent: int | None = 2) -> None:
-    with atomic_path(path) as tmp:
-        tmp.write_text(json.dumps(data, indent=indent, sort_keys=True) + "\n")
 
 
 def save_torch(path: Path, obj: Any) -> None:

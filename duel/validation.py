@@ -9,14 +9,17 @@ from __future__ import annotations
 
 from typing import Any
 
-from duel.backbones import BACKBONES
 from duel.config import (
+    BACKBONE_NAMES,
+    BATCH_MODES,
     CROPPING_MODES,
     GIVEN_PROFILES,
+    HEAD_NAMES,
     INTERPOLATIONS,
     MEMORY_INITS,
     PROFILES,
     PROJECTION_HEADS,
+    SOURCE_NAMES,
     TRAIN_SETS,
     PrepareConfig,
     PretrainConfig,
@@ -26,21 +29,18 @@ from duel.config import (
     for_method,
     to_dict,
 )
-from duel.data.sources import SOURCES
 from duel.errors import ConfigError
-from duel.eval.heads import HEADS
-from duel.memory import BATCH_MODES
 from duel.methods import METHODS
 
 # The keys whose values (a list's items) come from a fixed set; the params reference lists them.
 CHOICES: dict[str, tuple[str, ...]] = {
     "sweep.methods": tuple(METHODS),
     "sweep.train_sets": TRAIN_SETS,
-    "data.source": tuple(SOURCES),
+    "data.source": SOURCE_NAMES,
     "prepare.profile": PROFILES,
     "prepare.head_order": ("index", "shuffled"),
     "prepare.match_profile": ("exp", "step", "dominant"),
-    "pretrain.backbone": tuple(BACKBONES),
+    "pretrain.backbone": BACKBONE_NAMES,
     "pretrain.lr_scaling": ("none", "linear"),
     "pretrain.head": PROJECTION_HEADS,
     "pretrain.memory.batch_mode": BATCH_MODES,
@@ -49,7 +49,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pretrain.augment.crop_interpolation": INTERPOLATIONS,
     "probe.train_set": ("balanced", "lt", "kshot"),
     "probe.groups": ("thirds", "shots"),
-    "probe.heads": tuple(HEADS),
+    "probe.heads": HEAD_NAMES,
     "runtime.precision": ("fp32", "bf16"),
 }
 
@@ -88,7 +88,7 @@ def validate(cfg: StudyConfig) -> None:
         _require(draw >= 0, "sweep.draws", draw, "LT draws are numbered from 0")
     for key, axis in to_dict(s).items():
         _require(len(set(axis)) == len(axis), f"sweep.{key}", axis, "distinct values (each names its own runs)")
-    _require(d.source in SOURCES, "data.source", d.source, f"known sources: {', '.join(SOURCES)}")
+    _require(d.source in SOURCE_NAMES, "data.source", d.source, f"known sources: {', '.join(SOURCE_NAMES)}")
     _require(0 < d.test_fraction < 1, "data.test_fraction", d.test_fraction, "must be in (0, 1)")
     _require(0 < d.val_fraction < 1, "data.val_fraction", d.val_fraction, "must be in (0, 1)")
     _require(d.image_size is None or d.image_size >= 8, "data.image_size", d.image_size, "null or >= 8")
@@ -148,7 +148,7 @@ def validate(cfg: StudyConfig) -> None:
     cpu_only = "CPU runs only: GPU kernels are not pinned (docs/reproducibility.md); set it false"
     _require(not (rt.portable and rt.device != "cpu"), "runtime.portable", rt.portable, cpu_only)
     for head in pr.heads:
-        _require(head in HEADS, "probe.heads", head, f"known heads: {', '.join(HEADS)}")
+        _require(head in HEAD_NAMES, "probe.heads", head, f"known heads: {', '.join(HEAD_NAMES)}")
     _require(pr.head_epochs >= 1, "probe.head_epochs", pr.head_epochs, "must be >= 1")
     taus = pr.posthoc_taus
     _require(bool(taus) and min(taus) >= 0, "probe.posthoc_taus", taus, "a non-empty list of tau >= 0 (0: none)")
@@ -159,7 +159,8 @@ def validate_pretrain(t: PretrainConfig, rt: RuntimeConfig, where: str) -> None:
     applied (`where` "pretrain.recipes.<method>": the study's values passed already, so a bad value is
     the recipe's)."""
     m = t.memory
-    _require(t.backbone in BACKBONES, f"{where}.backbone", t.backbone, f"known backbones: {', '.join(BACKBONES)}")
+    backbones = ", ".join(BACKBONE_NAMES)
+    _require(t.backbone in BACKBONE_NAMES, f"{where}.backbone", t.backbone, f"known backbones: {backbones}")
     _require(t.epochs > 0, f"{where}.epochs", t.epochs, "must be > 0")
     _require(t.batch_size >= 2, f"{where}.batch_size", t.batch_size, "must be >= 2")
     _require(t.lr > 0, f"{where}.lr", t.lr, "must be > 0")

@@ -6,18 +6,17 @@ import json
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Annotated, Any, TypeVar
+from typing import TYPE_CHECKING, Annotated, Any, TypeVar
 
 import typer
 import yaml
 
 from duel.config import TRAIN_SETS, StudyConfig
-from duel.data.cache import cached_source
-from duel.data.longtail import check_manifest
-from duel.data.sources import SourceData
 from duel.errors import ConfigError, DuelError
-from duel.utils import configure_cpu
 from duel.validation import parse_config, validate_imbalance
+
+if TYPE_CHECKING:
+    from duel.data.sources import SourceData
 
 # Command-line options shared by the stages.
 MethodOption = Annotated[str, typer.Option(help="a registered method (duel.methods.METHODS), e.g. moco or dmoco")]
@@ -36,7 +35,9 @@ REPORTS = Path("reports")
 
 
 def read_params(path: Path) -> StudyConfig:
-    """The study's config, checked, for code that only reads it (the UI, notebooks, table checks)."""
+    """The study's config, checked, without setting up torch: a command checks its arguments against it
+    before its stage imports torch and sets it up (`duel.utils.configure_cpu`); the UI, notebooks and
+    table checks only read it."""
     if not path.exists():
         raise DuelError(f"params file {path} does not exist; run from the project root or pass --params")
     try:
@@ -44,14 +45,6 @@ def read_params(path: Path) -> StudyConfig:
     except yaml.YAMLError as exc:
         raise DuelError(f"{path} is not valid YAML: {str(exc).splitlines()[0]}") from exc
     return parse_config(values)
-
-
-def load_params(path: Path) -> StudyConfig:
-    """`read_params`, then torch's CPU set up as `runtime` says: every stage and tool that computes
-    loads its params with this first (under `runtime.portable` it refuses a torch imported too early)."""
-    cfg = read_params(path)
-    configure_cpu(cfg.runtime)
-    return cfg
 
 
 def stage_name(stage: str, *parts: Any) -> str:
@@ -148,6 +141,9 @@ def read_json(path: Path, produced_by: str) -> Any:
 
 def load_data(cfg: StudyConfig, imbalance: float, draw: int) -> tuple[SourceData, dict[str, Any]]:
     """The source and the manifest of one imbalance setting and LT draw, checked against each other."""
+    from duel.data.cache import cached_source  # torch: loaded by the stages that read images, not by every command
+    from duel.data.longtail import check_manifest
+
     manifest = read_json(manifest_path(imbalance, draw), stage_name("prepare", setting(imbalance), draw))
     source = cached_source(cfg.data, cfg.runtime)
     check_manifest(manifest, source)

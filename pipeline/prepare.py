@@ -2,32 +2,18 @@
 
 from __future__ import annotations
 
-from duel.config import to_dict
+from duel.config import StudyConfig, to_dict
 from duel.data.cache import cached_source
 from duel.data.longtail import build_manifest
-from duel.utils import write_json
-from pipeline.common import (
-    PARAMS,
-    DrawOption,
-    ImbalanceOption,
-    ParamsOption,
-    check_imbalance,
-    load_params,
-    manifest_path,
-    setting,
-    stage_name,
-)
+from duel.files import write_json
+from duel.utils import configure_cpu
+from pipeline.common import manifest_path, setting, stage_name
 from pipeline.tracking import StageRun
 
 
-def prepare(
-    imbalance: ImbalanceOption,
-    draw: DrawOption = 0,
-    params: ParamsOption = PARAMS,
-) -> None:
-    """Build the manifest (validation split, pool, LT subset, its balanced match, counts, source fingerprint)."""
-    cfg = load_params(params)
-    check_imbalance(cfg, imbalance)
+def prepare(cfg: StudyConfig, imbalance: float, draw: int) -> None:
+    """The manifest of one setting and draw, written and logged (`pipeline.cli.prepare` checked them)."""
+    configure_cpu(cfg.runtime)
     source = cached_source(cfg.data, cfg.runtime)
     manifest = build_manifest(source, cfg.data, cfg.prepare, imbalance, draw)
     config = {"data": to_dict(cfg.data), "prepare": to_dict(cfg.prepare), "imbalance": imbalance, "draw": draw}

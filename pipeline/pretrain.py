@@ -8,10 +8,8 @@ import shutil
 import subprocess
 import sys
 import time
-from typing import Annotated
 
 import pandas as pd
-import typer
 
 from duel.config import StudyConfig, for_method, to_dict
 from duel.data.augment import ssl_augmentation
@@ -21,26 +19,12 @@ from duel.data.sources import SourceData
 from duel.diagnostics import summary_metrics
 from duel.distributed import World, launched
 from duel.errors import DuelError
+from duel.files import atomic_path, write_json
 from duel.memory import class_entropy
 from duel.methods import DataInfo, build_method
 from duel.train import pretrain as train
-from duel.utils import atomic_path, save_torch, seed_everything, write_json
-from pipeline.common import (
-    PARAMS,
-    DrawOption,
-    ImbalanceOption,
-    MethodOption,
-    ParamsOption,
-    RunKey,
-    SeedOption,
-    TrainSetOption,
-    check_imbalance,
-    check_method,
-    check_train_set,
-    load_data,
-    load_params,
-    manifest_path,
-)
+from duel.utils import configure_cpu, save_torch, seed_everything
+from pipeline.common import RunKey, load_data, manifest_path
 from pipeline.tracking import StageRun
 
 LATE_SHARE = 3  # memory_entropy_late: the mean over the last third of the steps
@@ -55,26 +39,16 @@ def pretraining_set(source: SourceData, train_indices: list[int]) -> IndexedImag
     return IndexedImages(whole, [*train_indices, *range(len(source.train), len(whole))])
 
 
-def pretrain(
-    method: MethodOption,
-    imbalance: ImbalanceOption,
-    train_set: TrainSetOption = "lt",
-    draw: DrawOption = 0,
-    seed: SeedOption = 0,
-    resume: Annotated[bool, typer.Option(help="continue an interrupted run from its last checkpoint")] = False,
-    params: ParamsOption = PARAMS,
-) -> None:
-    """Pretrain one encoder; writes model.pt, memory.pt, metrics.json, train_log.csv and memory_diagnostics.json."""
-    cfg = load_params(params)
-    check_method(method)
-    check_imbalance(cfg, imbalance)
-    check_train_set(train_set)
+def pretrain(cfg: StudyConfig, key: RunKey, resume: bool) -> None:
+    """One run, as one process or under torch's elastic launcher (`pipeline.cli.pretrain` checked its
+    command line)."""
+    configure_cpu(cfg.runtime)
     if cfg.pretrain.nproc_per_node > 1 and not launched():
         launch_data_parallel(cfg.pretrain.nproc_per_node)
         return
     world = World.from_launcher(cfg.runtime.device)
     try:
-        run_pretraining(cfg, RunKey(method, imbalance, train_set, draw, seed), resume, world)
+        run_pretraining(cfg, key, resume, world)
     finally:
         world.close()
 

@@ -20,23 +20,9 @@ from duel.data.datasets import IndexedImages
 from duel.data.sources import SourceData
 from duel.eval.features import extract_features
 from duel.eval.protocol import Features, evaluate, evaluate_heads, probe_train_sets
-from duel.utils import atomic_path, write_json
-from pipeline.common import (
-    PARAMS,
-    DrawOption,
-    ImbalanceOption,
-    MethodOption,
-    ParamsOption,
-    RunKey,
-    SeedOption,
-    TrainSetOption,
-    check_imbalance,
-    check_method,
-    check_train_set,
-    load_data,
-    load_params,
-    read_output,
-)
+from duel.files import atomic_path, write_json
+from duel.utils import configure_cpu
+from pipeline.common import RunKey, load_data, read_output
 from pipeline.tracking import StageRun
 
 
@@ -81,23 +67,10 @@ def probe_encoder(
     return metrics, feats["test"]
 
 
-def probe(
-    method: MethodOption,
-    imbalance: ImbalanceOption,
-    train_set: TrainSetOption = "lt",
-    draw: DrawOption = 0,
-    seed: SeedOption = 0,
-    params: ParamsOption = PARAMS,
-) -> None:
-    """Linear probe (C chosen on validation), kNN and the LT-aware heads of probe.heads; overall / many /
-    medium / few top-1 on test. The protocol is the same whatever set the encoder pretrained on: groups
-    by the draw's LT counts, heads trained on its LT set."""
-    cfg = load_params(params)
-    check_method(method)
-    check_imbalance(cfg, imbalance)
-    check_train_set(train_set)
-    key = RunKey(method, imbalance, train_set, draw, seed)
-    source, manifest = load_data(cfg, imbalance, draw)  # bad inputs fail here, before any run or output
+def probe(cfg: StudyConfig, key: RunKey) -> None:
+    """The probe of one pretrain run, written and logged (`pipeline.cli.probe` checked its command line)."""
+    configure_cpu(cfg.runtime)
+    source, manifest = load_data(cfg, key.imbalance, key.draw)  # bad inputs fail here, before any run or output
     encoder, normalize = load_encoder(key)
     config = {**key.config(), "probe": to_dict(cfg.probe)}
     # The MLflow run spans the stage's work, so the runs table's durations are the stage's.

@@ -20,7 +20,7 @@ from ruamel.yaml.comments import CommentedSeq
 from duel.config import GIVEN_PROFILES
 from duel.data.longtail import class_counts
 from duel.errors import DuelError
-from duel.utils import atomic_path
+from duel.files import atomic_path
 from duel.validation import parse_config
 from pipeline.common import PARAMS
 

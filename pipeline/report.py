@@ -14,14 +14,12 @@ from duel.config import StudyConfig, to_dict
 from duel.diagnostics import GROUPS, RELATIONS, SIMILARITY_BINS, TAU_GRID
 from duel.eval.groups import GROUPS as ACCURACY_GROUPS
 from duel.eval.tsne import tsne_embed
+from duel.files import atomic_path, write_json
 from duel.memory import ActiveMemory
-from duel.utils import atomic_path, write_json
+from duel.utils import configure_cpu
 from pipeline.common import (
-    PARAMS,
     REPORTS,
-    ParamsOption,
     RunKey,
-    load_params,
     manifest_path,
     read_json,
     read_output,
@@ -326,9 +324,9 @@ def summary_key(method: str, train_set: str, where: str, column: str) -> str:
     return f"{method}/{where}/{column}" if train_set == "lt" else f"{method}/{train_set}/{where}/{column}"
 
 
-def report(params: ParamsOption = PARAMS) -> None:
-    """Aggregate every run into reports/: Markdown + CSV tables, plots, t-SNE maps."""
-    cfg = load_params(params)
+def report(cfg: StudyConfig) -> None:
+    """Every run's outputs aggregated into reports/, and logged."""
+    configure_cpu(cfg.runtime)
     runs = collect(cfg)  # a missing or damaged output fails here, before any run
     config = {"sweep": to_dict(cfg.sweep), "report": to_dict(cfg.report)}
     # The MLflow run spans the stage's work, so the runs table's durations are the stage's.

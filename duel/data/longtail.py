@@ -11,12 +11,15 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from duel.config import GIVEN_PROFILES, DataConfig, PrepareConfig
-from duel.data.sources import DataError, SourceData
+from duel.errors import DataError
+
+if TYPE_CHECKING:  # annotations only: sources import torch, which class_counts (use-profile --smoke) does not need
+    from duel.data.sources import SourceData
 
 
 def class_counts(profile: str, n_max: int, num_classes: int, imbalance: float, match_profile: str = "exp") -> list[int]:

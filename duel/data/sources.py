@@ -20,13 +20,9 @@ import torch
 import torch.nn.functional as F
 
 from duel.config import DataConfig, RuntimeConfig
-from duel.errors import DuelError
+from duel.errors import DataError
 
 STATS_SAMPLE = 2000  # images a lazy set's channel statistics are estimated on
-
-
-class DataError(DuelError):
-    """Missing, corrupt or insufficient data."""
 
 
 def decode_image(path: str, size: int | None) -> torch.Tensor:
