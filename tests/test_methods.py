@@ -42,7 +42,8 @@ def test_one_training_step(name, tiny_config):
         assert method.memory_policy is None
     else:
         assert method.memory.num_filled == 32  # 2 steps x 2 views x 8 keys
-        assert method.memory.policy == {"moco": "fifo", "rmoco": "random", "rsimclr": "random"}.get(name, "duel")
+        policies = {"moco": "fifo", "moco_ts": "fifo", "rmoco": "random", "rsimclr": "random"}
+        assert method.memory.policy == policies.get(name, "duel")
         assert set(method.memory.indices.tolist()) == set(range(100, 108))
 
 

@@ -6,13 +6,16 @@ from duel.methods.bcl import BCL
 from duel.methods.dmoco import DMoCo
 from duel.methods.dmoco_fresh import DMoCoFresh
 from duel.methods.dmoco_roll import DMoCoRoll
+from duel.methods.dmoco_ts import DMoCoTS
 from duel.methods.dsimclr import DSimCLR
 from duel.methods.gh import GH
 from duel.methods.moco import MoCo
+from duel.methods.moco_ts import MoCoTS
 from duel.methods.rmoco import RMoCo
 from duel.methods.rsimclr import RSimCLR
 from duel.methods.sdclr import SDCLR
 from duel.methods.simclr import SimCLR
+from duel.methods.simclr_ts import SimCLRTS
 
 METHODS: dict[str, type[SSLMethod]] = {
     "moco": MoCo,
@@ -26,6 +29,9 @@ METHODS: dict[str, type[SSLMethod]] = {
     "sdclr": SDCLR,
     "bcl": BCL,
     "gh": GH,
+    "simclr_ts": SimCLRTS,
+    "moco_ts": MoCoTS,
+    "dmoco_ts": DMoCoTS,
 }
 
 

@@ -2,7 +2,7 @@
 
 The training loop (`duel.train`) drives a method through these hooks, in order:
 
-    on_epoch_start(epoch, epochs)             re-pruning, score normalisation, prior re-estimation
+    on_epoch_start(epoch, epochs)             the epoch's temperature, re-pruning, score normalisation, ...
     per step:
         views(batch, augment)                 the augmented views (a method may own its augmentation)
         training_loss(views, batch)           -> StepOutput; no side effects on the method's state
@@ -10,10 +10,11 @@ The training loop (`duel.train`) drives a method through these hooks, in order:
         after_step(output, batch, step, total_steps)   momentum encoders, memory push, per-sample updates
     epoch_metrics()                           scalars logged once per epoch (e.g. per-sample state summaries)
 
-`param_groups()` gives the optimizer its parameter groups. Per-sample state
-(`register_sample_state`) is a buffer with one row per training sample, indexed
-by the sample's position in the pretraining set (`Batch.positions`), so it is
-saved in checkpoints and restored exactly like the weights.
+The contrastive loss reads `self.temperature`, the method's own schedule (`temperature_at`): constant
+`pretrain.temperature` unless a method overrides it (duel.methods.temperature). `param_groups()` gives
+the optimizer its parameter groups. Per-sample state (`register_sample_state`) is a buffer with one row
+per training sample, indexed by the sample's position in the pretraining set (`Batch.positions`), so it
+is saved in checkpoints and restored exactly like the weights.
 """
 
 from __future__ import annotations
@@ -70,6 +71,8 @@ class SSLMethod(nn.Module):
         super().__init__()
         self.cfg, self.data = cfg, data
         self.params = params if params is not None else self.Params()
+        # What every contrastive loss divides by, set for each epoch by `on_epoch_start`.
+        self.temperature: float = self.temperature_at(0, cfg.epochs)
         self.backbone, self.feature_dim = build_backbone(cfg.backbone, data.channels)
         self.projector = projection_head(cfg.head, self.feature_dim, cfg.proj_dim)
         self.memory: ActiveMemory | None = None
@@ -113,7 +116,15 @@ class SSLMethod(nn.Module):
 
     # ---------------------------------------------------------------- hooks
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
-        """Called before the first step of every epoch (also the first epoch after a resume)."""
+        """Called before the first step of every epoch (also the first epoch after a resume); sets the
+        epoch's temperature, so an override calls it first."""
+        self.temperature = self.temperature_at(epoch, epochs)
+
+    def temperature_at(self, epoch: int, epochs: int) -> float:
+        """The contrastive temperature of epoch `epoch` (0-based) of `epochs`: `pretrain.temperature`
+        unless the method schedules it. A function of the epoch alone, so a resumed run restores it
+        without checkpoint state."""
+        return self.cfg.temperature
 
     def views(self, batch: Batch, augment: nn.Module) -> list[torch.Tensor]:
         """Two independently augmented views of the batch's images (float in [0, 1])."""

@@ -86,6 +86,7 @@ class BCL(SimCLR):
 
     @torch.no_grad()
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        super().on_epoch_start(epoch, epochs)
         seen = ~self.memo_loss.isnan()
         if not seen.any():  # the first epoch: plain SimCLR views
             self.memo_weight.zero_()

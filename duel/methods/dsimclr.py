@@ -15,5 +15,5 @@ class DSimCLR(SimCLR):
 
     def training_loss(self, views, batch):
         z1, z2 = self.embed(views[0]), self.embed(views[1])
-        per_view = nt_xent(z1, z2, self.cfg.temperature, self.negatives(), reduction="none")
+        per_view = nt_xent(z1, z2, self.temperature, self.negatives(), reduction="none")
         return StepOutput(per_view.mean(), pair_mean(per_view), keys=torch.cat([z1, z2]).detach())

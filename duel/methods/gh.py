@@ -142,6 +142,7 @@ class GH(SSLMethod):
 
     @torch.no_grad()
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        super().on_epoch_start(epoch, epochs)
         warmup, ramp, every = self.schedule(epochs)
         during, after = self.momenta(epochs)
         self.ema = after if epoch >= warmup else during
@@ -163,7 +164,7 @@ class GH(SSLMethod):
 
     def training_loss(self, views, batch):
         z1, z2 = self.embed(views[0]), self.embed(views[1])
-        per_view = nt_xent(z1, z2, self.cfg.temperature, reduction="none")
+        per_view = nt_xent(z1, z2, self.temperature, reduction="none")
         s1, s2 = self.scores(z1), self.scores(z2)
         loss = per_view.mean()
         if self.weight > 0:

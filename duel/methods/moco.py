@@ -79,7 +79,7 @@ class MoCo(SSLMethod):
     def training_loss(self, views, batch):
         # The key encoder was updated after the previous step (`after_step`), as MoCo updates it
         # before computing this batch's keys.
-        negatives, t = self.negatives(), self.cfg.temperature
+        negatives, t = self.negatives(), self.temperature
         if not self.params.symmetric:
             q1, k2 = self.embed(views[0]), self.keys(views[1])
             per_image = info_nce(q1, k2, negatives, t, "none")

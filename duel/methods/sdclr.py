@@ -77,6 +77,7 @@ class SDCLR(SSLMethod):
             mask.copy_(part.view_as(mask))
 
     def on_epoch_start(self, epoch: int, epochs: int) -> None:
+        super().on_epoch_start(epoch, epochs)
         self.prune()
 
     def pruned_tensors(self, part: str) -> dict[str, torch.Tensor]:
@@ -102,5 +103,5 @@ class SDCLR(SSLMethod):
             self.projector, self.pruned_tensors("projector"), (self.pruned_features(views[1]),), strict=False
         )
         pruned = F.normalize(projected, dim=1)
-        per_view = nt_xent(dense, pruned, self.cfg.temperature, reduction="none")
+        per_view = nt_xent(dense, pruned, self.temperature, reduction="none")
         return StepOutput(per_view.mean(), pair_mean(per_view))
