@@ -30,11 +30,11 @@ from duel.config import (
     to_dict,
 )
 from duel.errors import ConfigError
-from duel.methods import METHODS
+from duel.method_params import METHOD_PARAMS, parse_method_params
 
 # The keys whose values (a list's items) come from a fixed set; the params reference lists them.
 CHOICES: dict[str, tuple[str, ...]] = {
-    "sweep.methods": tuple(METHODS),
+    "sweep.methods": tuple(METHOD_PARAMS),
     "sweep.train_sets": TRAIN_SETS,
     "data.source": SOURCE_NAMES,
     "prepare.profile": PROFILES,
@@ -80,7 +80,7 @@ def validate_imbalance(prepare: PrepareConfig, value: float, key: str = "sweep.i
 def validate(cfg: StudyConfig) -> None:
     s, d, p, t, pr, rt = cfg.sweep, cfg.data, cfg.prepare, cfg.pretrain, cfg.probe, cfg.runtime
     for name in s.methods:
-        _require(name in METHODS, "sweep.methods", name, f"known methods: {', '.join(METHODS)}")
+        _require(name in METHOD_PARAMS, "sweep.methods", name, f"known methods: {', '.join(METHOD_PARAMS)}")
     _require(all(bool(axis) for axis in to_dict(s).values()), "sweep", to_dict(s), "every axis needs a value")
     for name in s.train_sets:
         _require(name in TRAIN_SETS, "sweep.train_sets", name, "lt (the LT subset) or balanced (same size, balanced)")
@@ -121,13 +121,13 @@ def validate(cfg: StudyConfig) -> None:
     for value in s.imbalance:
         validate_imbalance(p, value)
     for name in t.recipes:
-        _require(name in METHODS, "pretrain.recipes", name, f"known methods: {', '.join(METHODS)}")
+        _require(name in METHOD_PARAMS, "pretrain.recipes", name, f"known methods: {', '.join(METHOD_PARAMS)}")
     validate_pretrain(t, rt, "pretrain")
     for name in dict.fromkeys([*s.methods, *t.method_kwargs]):  # every method that may run, defaults included
         resolved = for_method(t, name)
         if name in t.recipes:
             validate_pretrain(resolved, rt, f"pretrain.recipes.{name}")
-        METHODS[name].parse_params(t.method_kwargs.get(name), f"pretrain.method_kwargs.{name}", resolved)
+        parse_method_params(METHOD_PARAMS[name], t.method_kwargs.get(name), f"pretrain.method_kwargs.{name}", resolved)
     _require(pr.train_set in ("balanced", "lt", "kshot"), "probe.train_set", pr.train_set, "balanced, lt or kshot")
     _require(pr.shots >= 1, "probe.shots", pr.shots, "must be >= 1")
     _require(pr.splits >= 1, "probe.splits", pr.splits, "must be >= 1")
@@ -169,7 +169,7 @@ def validate_pretrain(t: PretrainConfig, rt: RuntimeConfig, where: str) -> None:
     _require(t.max_steps is None or t.max_steps >= 1, f"{where}.max_steps", t.max_steps, "null or >= 1")
     _require(t.diagnostics_every >= 0, f"{where}.diagnostics_every", t.diagnostics_every, "must be >= 0 (0: off)")
     for name in t.method_kwargs:
-        _require(name in METHODS, f"{where}.method_kwargs", name, f"known methods: {', '.join(METHODS)}")
+        _require(name in METHOD_PARAMS, f"{where}.method_kwargs", name, f"known methods: {', '.join(METHOD_PARAMS)}")
     _require(t.checkpoint_every >= 1, f"{where}.checkpoint_every", t.checkpoint_every, "must be >= 1")
     _require(t.nproc_per_node >= 1, f"{where}.nproc_per_node", t.nproc_per_node, "must be >= 1")
     _require(t.lr_scaling in ("none", "linear"), f"{where}.lr_scaling", t.lr_scaling, "none or linear")

@@ -13,6 +13,7 @@ import yaml
 
 from duel.config import TRAIN_SETS, StudyConfig
 from duel.errors import ConfigError, DuelError
+from duel.method_params import METHOD_PARAMS
 from duel.validation import parse_config, validate_imbalance
 
 if TYPE_CHECKING:
@@ -62,10 +63,8 @@ def check_imbalance(cfg: StudyConfig, imbalance: float) -> None:
 
 
 def check_method(method: str) -> None:
-    from duel.methods import METHODS
-
-    if method not in METHODS:
-        raise ConfigError("--method", method, f"known methods: {', '.join(METHODS)}")
+    if method not in METHOD_PARAMS:
+        raise ConfigError("--method", method, f"known methods: {', '.join(METHOD_PARAMS)}")
 
 
 def check_train_set(train_set: str) -> None:

@@ -21,7 +21,7 @@ from typing import Any
 import typer
 
 from duel.config import StudyConfig
-from duel.methods import METHODS
+from duel.method_params import METHOD_PARAMS
 from duel.validation import CHOICES
 
 
@@ -96,7 +96,7 @@ def entries(cls: type, prefix: str = "") -> list[Entry]:
 
 def method_entries() -> dict[str, list[Entry]]:
     """Each registered method's own hyper-parameters (`pretrain.method_kwargs.<name>`)."""
-    return {name: entries(cls.Params, f"pretrain.method_kwargs.{name}.") for name, cls in METHODS.items()}
+    return {name: entries(params, f"pretrain.method_kwargs.{name}.") for name, params in METHOD_PARAMS.items()}
 
 
 def _cell(text: str) -> str:

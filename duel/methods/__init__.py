@@ -1,4 +1,4 @@
-"""Method registry: adding a method is one file plus one line here."""
+"""Method registry: adding a method is one file plus one line here, and its `Params` line in duel.method_params."""
 
 from duel.config import PretrainConfig
 from duel.methods.base import DataInfo, SSLMethod, StepOutput

@@ -27,10 +27,12 @@ import torch.nn.functional as F
 from torch import nn
 
 from duel.backbones import build_backbone
-from duel.config import PretrainConfig, build_config
+from duel.config import PretrainConfig
 from duel.data.datasets import Batch
+from duel.distributed import world_size
 from duel.errors import ConfigError
 from duel.memory import ActiveMemory
+from duel.method_params import NoParams, parse_method_params
 
 
 @dataclass(frozen=True)
@@ -50,20 +52,15 @@ class StepOutput:
     aux: dict[str, torch.Tensor] = field(default_factory=dict)  # detached values a method's after_step needs
 
 
-@dataclass(frozen=True)
-class NoParams:
-    """A method without hyper-parameters of its own."""
-
-
 class SSLMethod(nn.Module):
     """An encoder trained by a contrastive loss on augmented views of each image.
 
     Subclasses implement `training_loss` and override the hooks they need. A method with
     an active memory sets `memory_policy`; its own hyper-parameters are a frozen dataclass
-    `Params` (filled from `pretrain.method_kwargs.<name>`), checked by `check_params`.
+    `Params` (filled from `pretrain.method_kwargs.<name>`), declared and checked in duel.method_params.
     """
 
-    Params: ClassVar[type] = NoParams
+    Params: ClassVar[type[NoParams]] = NoParams
     memory_policy: ClassVar[str | None] = None  # fifo | random | duel (duel.memory.POLICIES); None: no memory
     drop_last: ClassVar[bool] = True  # skip each epoch's last, smaller batch (False: train on it too)
 
@@ -91,14 +88,9 @@ class SSLMethod(nn.Module):
     # ------------------------------------------------------------ parameters
     @classmethod
     def parse_params(cls, values: dict[str, Any] | None, key: str, cfg: PretrainConfig) -> Any:
-        """This method's `Params` from the mapping at params key `key`, types and values checked."""
-        params = build_config(cls.Params, values, key)
-        cls.check_params(params, key, cfg)
-        return params
-
-    @classmethod
-    def check_params(cls, params: Any, key: str, cfg: PretrainConfig) -> None:
-        """Raise `duel.errors.ConfigError` for a bad value (bounds the type alone does not say)."""
+        """This method's `Params` from the mapping at params key `key`, types and values checked (against
+        this process's world size once a launcher runs it)."""
+        return parse_method_params(cls.Params, values, key, cfg, world_size())
 
     def param_groups(self) -> list[dict[str, Any]]:
         """The optimizer's parameter groups: by default every trainable parameter, one group."""

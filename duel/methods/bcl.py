@@ -25,7 +25,6 @@ augmentation on SimCLR.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from typing import Any, ClassVar
 
 import torch
@@ -33,19 +32,9 @@ from torch import nn
 
 from duel.config import PretrainConfig
 from duel.data.augment import rand_augment_prob
-from duel.errors import ConfigError
+from duel.method_params import BCLParams
 from duel.methods.base import DataInfo
 from duel.methods.simclr import SimCLR
-
-
-@dataclass(frozen=True)
-class BCLParams:
-    beta: float = 0.97  # [BCL] train.py --momentum_loss_beta
-    ops: int = 1  # [BCL] --rand_k: RandAugment operations per view (1: BCL-I; 2 or more: BCL-D's magnitude)
-    strength: float = 30.0  # [BCL] --rand_strength: the magnitude at weight 1 (RandAugment's 0..30 scale)
-    # [BCL] data/memoboosted_cifar100.py `min_strength` when --rand_k == 1: the magnitude at weight 0
-    min_strength_one_op: float = 10.0
-    min_strength_multi_op: float = 5.0  # [BCL] `min_strength` when --rand_k >= 2: the magnitude at weight 0
 
 
 class BCL(SimCLR):
@@ -60,19 +49,6 @@ class BCL(SimCLR):
         # normalised score, the sample's augmentation probability and strength.
         self.register_sample_state("memo_loss", fill=float("nan"))
         self.register_sample_state("memo_weight")
-
-    @classmethod
-    def check_params(cls, params: BCLParams, key: str, cfg: PretrainConfig) -> None:
-        if not 0 <= params.beta < 1:
-            raise ConfigError(f"{key}.beta", params.beta, "must be in [0, 1)")
-        if params.ops < 1:
-            raise ConfigError(f"{key}.ops", params.ops, "must be >= 1")
-        if not 0 <= params.strength <= 30:
-            raise ConfigError(f"{key}.strength", params.strength, "must be in [0, 30] (RandAugment's scale)")
-        for name in ("min_strength_one_op", "min_strength_multi_op"):
-            value = getattr(params, name)
-            if not 0 <= value <= params.strength:
-                raise ConfigError(f"{key}.{name}", value, f"must be in [0, strength={params.strength}]")
 
     def magnitude(self, weight: torch.Tensor) -> torch.Tensor:
         """Each image's RandAugment magnitude from its weight w ([BCL] memoboosted_cifar100.py): one

@@ -10,29 +10,13 @@ per step, against K for `dmoco_fresh` (max_staleness 1) and 2 x batch_size for M
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from duel.config import PretrainConfig
-from duel.errors import ConfigError
+from duel.method_params import DMoCoRollParams
 from duel.methods.dmoco import DMoCo
-from duel.methods.moco import MoCoParams
-
-
-@dataclass(frozen=True)
-class DMoCoRollParams(MoCoParams):
-    # steps a key may go without re-encoding: the window is ceil(K / max_staleness) slots (128 at K 1024)
-    max_staleness: int = 8
 
 
 class DMoCoRoll(DMoCo):
     Params = DMoCoRollParams
-
-    @classmethod
-    def check_params(cls, params: DMoCoRollParams, key: str, cfg: PretrainConfig) -> None:
-        super().check_params(params, key, cfg)
-        bound, size = params.max_staleness, cfg.memory.size
-        if not 1 <= bound <= size:
-            raise ConfigError(f"{key}.max_staleness", bound, f"must be in [1, pretrain.memory.size={size}]")
 
     def refresh_size(self) -> int:
         return math.ceil(self.cfg.memory.size / self.params.max_staleness)

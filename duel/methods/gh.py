@@ -16,41 +16,15 @@ shorter run decays the EMA as much as the same phase of the reference's 1000 epo
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 
 from duel.config import PretrainConfig
-from duel.errors import ConfigError
 from duel.losses import nt_xent
+from duel.method_params import GHParams, target_count
 from duel.methods.base import DataInfo, SSLMethod, StepOutput, pair_mean
-
-
-@dataclass(frozen=True)
-class GHParams:
-    # [GH] --target_dim 100 (K), at most pretrain.proj_dim (the ETF lives in R^proj_dim); 0: min(100, proj_dim),
-    # so the default fits every projection width
-    num_targets: int = 0
-    w_gh: float = 1.0  # [GH] the ramp ends at weight 1
-    warmup: float = 0.5  # fraction of the epochs before GH switches on ([GH] README: --warm_up 500 of 1000)
-    ramp: float = 0.01  # fraction of the epochs over which its weight rises ([GH] GH_warm_up 10 of 1000)
-    prior_every: float = 0.02  # fraction of the epochs between prior re-estimates ([GH] every 20 of 1000)
-    sinkhorn_epsilon: float = 0.05  # [GH] GHLoss(0.05, ...)
-    sinkhorn_iterations: int = 300  # [GH] --sinkhorn_iter
-    temperature: float = 0.1  # [GH] GHLoss gamma: softmax temperature of the predictions
-    ema_warmup: float = 0.9  # [GH] score EMA momentum per visit during the warm-up ...
-    ema: float = 0.999  # [GH] --beta: ... and after it, at the reference's length (see `momenta`)
-    # [GH] --epochs 1000: the run length the two momenta belong to; a run of other length gets them raised
-    # to (reference visits / own visits) per phase (`momenta`); 0: the momenta as given, per visit
-    reference_epochs: int = 1000
-    seed: int = 0  # draws the ETF
-
-
-def target_count(params: GHParams, cfg: PretrainConfig) -> int:
-    """K: `num_targets`, or min(100, proj_dim) where it is 0."""
-    return params.num_targets or min(100, cfg.proj_dim)
 
 
 def simplex_etf(k: int, d: int, generator: torch.Generator) -> torch.Tensor:
@@ -96,22 +70,6 @@ class GH(SSLMethod):
         self.register_sample_state("score_ema", k)  # per sample: moving average of its target scores
         self.weight = 0.0  # GH's weight in this epoch
         self.ema = p.ema_warmup
-
-    @classmethod
-    def check_params(cls, params: GHParams, key: str, cfg: PretrainConfig) -> None:
-        if not 2 <= target_count(params, cfg) <= cfg.proj_dim:
-            allowed = f"0 or in [2, pretrain.proj_dim={cfg.proj_dim}]: the targets are a simplex ETF in R^proj_dim"
-            raise ConfigError(f"{key}.num_targets", params.num_targets, allowed)
-        for name in ("w_gh", "sinkhorn_epsilon", "temperature"):
-            if getattr(params, name) <= 0:
-                raise ConfigError(f"{key}.{name}", getattr(params, name), "must be > 0")
-        for name in ("warmup", "ramp", "prior_every", "ema_warmup", "ema"):
-            if not 0 <= getattr(params, name) < 1:
-                raise ConfigError(f"{key}.{name}", getattr(params, name), "must be in [0, 1)")
-        if params.sinkhorn_iterations < 1:
-            raise ConfigError(f"{key}.sinkhorn_iterations", params.sinkhorn_iterations, "must be >= 1")
-        if params.reference_epochs < 0:
-            raise ConfigError(f"{key}.reference_epochs", params.reference_epochs, "must be >= 0 (0: momenta unscaled)")
 
     def schedule(self, epochs: int) -> tuple[int, int, int]:
         """(warm-up, ramp, prior interval) in epochs."""

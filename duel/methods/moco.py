@@ -10,7 +10,6 @@ aside), so a per-image loss reads on one scale in both forms.
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -19,22 +18,9 @@ import torch.nn.functional as F
 from duel.backbones import split_batchnorm
 from duel.config import PretrainConfig
 from duel.distributed import shuffled_apply, world_size
-from duel.errors import ConfigError
 from duel.losses import info_nce
+from duel.method_params import MoCoParams
 from duel.methods.base import DataInfo, SSLMethod, StepOutput, pair_mean
-
-
-@dataclass(frozen=True)
-class MoCoParams:
-    # MoCo's shuffle-BN: BatchNorm statistics over this many groups of the global batch in both
-    # encoders, and the key batch shuffled before the key encoder, so a query and its key never share
-    # statistics. One process: interleaved sub-batches, as facebookresearch/moco's CIFAR-10 demo
-    # (bn_splits 8 there). N processes: each holds bn_splits / N groups and the key batch is shuffled
-    # across the processes, as its main_moco.py (bn_splits N: one group per process). 1: plain BatchNorm.
-    bn_splits: int = 1
-    # Both directions (q1 against k2 and q2 against k1, both views' keys pushed) or the original MoCo
-    # loss (q1 against k2, view 2's keys pushed): the demo's --symmetric flag, false by default there.
-    symmetric: bool = True
 
 
 class MoCo(SSLMethod):
@@ -48,21 +34,6 @@ class MoCo(SSLMethod):
             split_batchnorm(self.backbone, local)
         self.key_backbone = copy.deepcopy(self.backbone).requires_grad_(False)
         self.key_projector = copy.deepcopy(self.projector).requires_grad_(False)
-
-    @classmethod
-    def check_params(cls, params: MoCoParams, key: str, cfg: PretrainConfig) -> None:
-        # Checked before the launch (nproc_per_node) and again in each process (torchrun's world size).
-        splits, nproc = params.bn_splits, max(cfg.nproc_per_node, world_size())
-        batch = cfg.batch_size
-        if nproc == 1 and (splits < 1 or batch % splits):
-            raise ConfigError(f"{key}.bn_splits", splits, f"must be >= 1 and divide pretrain.batch_size={batch}")
-        if nproc > 1 and splits != 1 and (splits < 1 or splits % nproc or batch % (splits // nproc)):
-            allowed = f"must be 1 or a multiple of the {nproc} processes, each share dividing "
-            allowed += f"pretrain.batch_size={batch}"
-            raise ConfigError(f"{key}.bn_splits", splits, allowed)
-        if splits > 1 and cfg.sync_batchnorm:
-            allowed = "1 with pretrain.sync_batchnorm: true (statistics of the whole global batch: nothing to shuffle)"
-            raise ConfigError(f"{key}.bn_splits", splits, allowed)
 
     def momentum_pairs(self):
         return [(self.backbone, self.key_backbone), (self.projector, self.key_projector)]

@@ -1,15 +1,9 @@
 """MoCo v2 with the cosine temperature schedule of Kukleva et al., ICLR 2023 (duel.methods.temperature),
 on the symmetric and the asymmetric InfoNCE alike."""
 
-from dataclasses import dataclass
-
-from duel.methods.moco import MoCo, MoCoParams
-from duel.methods.temperature import CosineTemperature, CosineTemperatureParams
-
-
-@dataclass(frozen=True)
-class MoCoTSParams(CosineTemperatureParams, MoCoParams):
-    """MoCo's hyper-parameters, then the schedule's."""
+from duel.method_params import MoCoTSParams
+from duel.methods.moco import MoCo
+from duel.methods.temperature import CosineTemperature
 
 
 class MoCoTS(CosineTemperature, MoCo):

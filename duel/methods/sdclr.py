@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import copy
 import math
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -28,16 +27,11 @@ from torch import nn
 from torch.func import functional_call
 
 from duel.config import PretrainConfig
-from duel.errors import ConfigError
 from duel.losses import nt_xent
+from duel.method_params import SDCLRParams
 from duel.methods.base import DataInfo, SSLMethod, StepOutput, pair_mean
 
 NORMS = (nn.BatchNorm1d, nn.BatchNorm2d)
-
-
-@dataclass(frozen=True)
-class SDCLRParams:
-    prune_ratio: float = 0.9  # [SDCLR] README / camera_ready.sh: --prune_percent 0.9 on CIFAR
 
 
 class SDCLR(SSLMethod):
@@ -56,11 +50,6 @@ class SDCLR(SSLMethod):
             if isinstance(m, NORMS)
         ]
         self.pruned_norms = nn.ModuleList([copy.deepcopy(self.get_submodule(n)) for n in self.norm_names])
-
-    @classmethod
-    def check_params(cls, params: SDCLRParams, key: str, cfg: PretrainConfig) -> None:
-        if not 0 <= params.prune_ratio < 1:
-            raise ConfigError(f"{key}.prune_ratio", params.prune_ratio, "must be in [0, 1)")
 
     def masks(self) -> list[torch.Tensor]:
         return [getattr(self, f"prune_mask_{i}") for i in range(len(self.masked))]

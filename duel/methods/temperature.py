@@ -11,29 +11,15 @@ A large tau favours group-wise discrimination (the head classes), a small one in
 (the tail); the schedule keeps switching between the two.
 
 A method takes it by listing `CosineTemperature` before its own class and mixing
-`CosineTemperatureParams` into its `Params` (`simclr_ts.py`, `moco_ts.py`).
+`CosineTemperatureParams` into its `Params` (`simclr_ts.py`, `moco_ts.py`; duel.method_params).
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
 
-from duel.config import PretrainConfig
-from duel.errors import ConfigError
+from duel.method_params import CosineTemperatureParams
 from duel.methods.base import SSLMethod
-
-
-@dataclass(frozen=True)
-class CosineTemperatureParams:
-    # the lowest temperature, in the t_max-th epoch (Annusha/temperature_schedules README --temperature_min 0.1)
-    tau_min: float = 0.1
-    # the highest, in the (2 t_max)-th epoch; the first epoch's is just below it (README --temperature_max
-    # 1.0; train_simCLR.py's argparse default is 0.5)
-    tau_max: float = 1.0
-    # epochs from tau_max down to tau_min: a cosine of period 2 t_max, no restart (README --t_max 200); not
-    # scaled to the run's length, so a run shorter than t_max sees only the start of the first descent
-    t_max: int = 200
 
 
 def cosine_temperature(epoch: int, p: CosineTemperatureParams) -> float:
@@ -46,16 +32,6 @@ class CosineTemperature(SSLMethod):
     """The schedule as a method's own: `class SimCLRTS(CosineTemperature, SimCLR)`."""
 
     params: CosineTemperatureParams
-
-    @classmethod
-    def check_params(cls, params: CosineTemperatureParams, key: str, cfg: PretrainConfig) -> None:
-        super().check_params(params, key, cfg)
-        if params.tau_min <= 0:
-            raise ConfigError(f"{key}.tau_min", params.tau_min, "must be > 0")
-        if params.tau_max < params.tau_min:
-            raise ConfigError(f"{key}.tau_max", params.tau_max, f"must be >= tau_min={params.tau_min}")
-        if params.t_max < 1:
-            raise ConfigError(f"{key}.t_max", params.t_max, "must be >= 1 (epochs from tau_max to tau_min)")
 
     def temperature_at(self, epoch: int, epochs: int) -> float:
         return cosine_temperature(epoch, self.params)
