@@ -118,6 +118,18 @@ GH_FILES = SDCLR_FILES | {
     "crop": "utils.py cifar_strong_aug (RandomResizedCrop(32, scale=(0.1, 1)), bilinear)",
     "interpolation_value": "bilinear",
 }
+TS_FILES = SDCLR_FILES | {
+    "backbone": "models/resnet.py resnet18(imagenet=False)",
+    "epochs": "README --epochs 2000",
+    "batch": "README --batch_size 512",
+    "lr": "README --lr 0.5",
+    "optimizer": "train_simCLR.py torch.optim.SGD (README --optimizer sgd)",
+    "wd": "train_simCLR.py SGD(weight_decay=1e-4)",
+    "warmup": "train_simCLR.py warm_up_iters = 10 * len(train_loader), cosine_annealing",
+    "head": "train_simCLR.py proj_head (SDCLR's models/utils.py)",
+    "proj": "README --output_ch 128",
+    "crop": "train_simCLR.py tfs_train (resizeLower 0.1, interpolation=3)",
+}
 MOCO_DEMO = "colab/moco_cifar10_demo.ipynb"
 
 
@@ -156,6 +168,29 @@ def moco_recipe(memory_init: Component) -> list[Component]:
 # method -> (reference repository, its components)
 REFERENCES: dict[str, tuple[str, list[Component]]] = {
     "simclr": ("VITA-Group/SDCLR (SimCLR as SDCLR runs it)", [*simclr_recipe(SDCLR_FILES), LR_FLOOR]),
+    "simclr_ts": (
+        "Annusha/temperature_schedules (SimCLR with a cosine temperature schedule)",
+        [
+            *(c for c in simclr_recipe(TS_FILES) if c.key != "temperature"),  # its loss follows the schedule
+            LR_FLOOR,
+            Component("temperature, lowest", 0.1, "README --temperature_min 0.1", "method_kwargs.simclr_ts.tau_min"),
+            Component("temperature, highest", 1.0, "README --temperature_max 1.0", "method_kwargs.simclr_ts.tau_max"),
+            Component(
+                "epochs from highest to lowest",
+                200,
+                "README --t_max 200",
+                "method_kwargs.simclr_ts.t_max",
+                reason="the reference's 2000 epochs hold five cycles of 400; a 200-epoch run sees the first descent "
+                "(1.0 to 0.1); t_max 20 would fit five cycles",
+            ),
+            Component(
+                "temperature schedule",
+                "cosine of the 1-based epoch, constant within an epoch, no restart",
+                "train_simCLR.py train (--adj_tau cos)",
+                ours="the same at epoch index + 1, set in on_epoch_start",
+            ),
+        ],
+    ),
     "sdclr": (
         "VITA-Group/SDCLR",
         [
@@ -326,6 +361,15 @@ PUBLISHED: list[tuple[str, str, str, str, str, str]] = [
         "VITA-Group/SDCLR README (commands), paper",
         "`python -m pipeline use-profile cifar10_lt_reference --set sweep.methods=[simclr,sdclr] "
         "--set pretrain.epochs=2000`",
+    ),
+    (
+        "simclr_ts",
+        "CIFAR-10-LT (SDCLR's split1_D_i), ResNet-18, 2000 epochs",
+        "kNN top-1 (k 1); linear SVM on the LT set; linear SVM on a balanced subset of it",
+        "61.21; 62.92; 71.49",
+        "Annusha/temperature_schedules notebooks/simclr_tau_cifar10.ipynb (outputs of the released checkpoint)",
+        "`python -m pipeline use-profile cifar10_lt_reference --set sweep.methods=[simclr_ts] --set sweep.draws=[1] "
+        "--set pretrain.epochs=2000` (probes here: kNN k 200 and a logistic regression, not their SVMs)",
     ),
     (
         "gh",

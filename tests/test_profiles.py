@@ -243,13 +243,14 @@ def test_reference_profile_runs_every_method_under_its_own_recipe(tmp_path):
     recipes = profile["pretrain"]["recipes"]
     expected = {  # written out from the references (docs/fidelity.md)
         "simclr": (0.5, 1e-4, 0.2, "mlp_bn", 1),
+        "simclr_ts": (0.5, 1e-4, 0.2, "mlp_bn", 1),  # its loss follows its own schedule (method/temperature)
         "sdclr": (0.5, 1e-4, 0.2, "mlp3_bn", 1),
         "bcl": (0.5, 5e-4, 0.2, "mlp_bn", 1),
         "gh": (0.5, 5e-4, 0.2, "mlp_bn", 1),
         "moco": (0.06, 5e-4, 0.1, "linear", 0),
         "dmoco": (0.06, 5e-4, 0.1, "linear", 0),
     }
-    assert set(recipes) | {"simclr"} == set(expected) == set(methods)
+    assert set(recipes) | {"simclr", "simclr_ts"} == set(expected) == set(methods)
     for method in methods:
         run = f"{method}-imb100-lt-d1-s0"
         config = torch.load(root / f"outputs/pretrain/{run}/model.pt", weights_only=False)["config"]["pretrain"]
