@@ -330,56 +330,68 @@ REFERENCES: dict[str, tuple[str, list[Component]]] = {
     ),
 }
 
-# (method, setting, measure, published, source, how to reproduce here)
-PUBLISHED: list[tuple[str, str, str, str, str, str]] = [
-    (
+
+@dataclass(frozen=True)
+class Published:
+    method: str
+    setting: str
+    measure: str
+    value: str
+    source: str
+    command: str  # what reruns it here (on a GPU)
+    note: str = ""  # where the rerun differs from the publication
+
+
+REPRODUCE = "python -m pipeline use-profile cifar10_lt_reference"
+PUBLISHED: list[Published] = [
+    Published(
         "moco",
         "CIFAR-10 (balanced, 50,000 images), ResNet-18, 200 epochs, asymmetric",
         "kNN top-1 (k 200, t 0.1), test set",
-        "82.6 (800 epochs: 88.7; symmetric 200 epochs: 85.3)",
+        "82.6 (800 epochs: 88.7; symmetric, 200 epochs: 85.3)",
         f"facebookresearch/moco {MOCO_DEMO} (results table, log 82.58)",
-        "`python -m pipeline use-profile cifar10_lt_reference --set sweep.methods=[moco] --set prepare.profile=exp "
-        "--set sweep.imbalance=[1] --set sweep.draws=[0] --set prepare.index_file=null "
-        "--set prepare.val_index_file=null` (45,000 images: 5,000 are held out for validation)",
+        f"{REPRODUCE} --set sweep.methods=[moco] --set prepare.profile=exp --set sweep.imbalance=[1] "
+        "--set sweep.draws=[0] --set prepare.index_file=null --set prepare.val_index_file=null",
+        "45,000 training images: 5,000 are held out for validation",
     ),
-    (
-        "simclr, sdclr, bcl (BCL-I), bcl (BCL-D)",
+    Published(
+        "simclr, sdclr, bcl",
         "CIFAR-100-LT (BCL's cifar100_split1_D_i), ResNet-18, 2000 epochs",
         "linear probe top-1: full-shot / 100-shot / 50-shot",
         "SimCLR 50.7 / 46.3 / 42.4; SDCLR 55.0 / 49.7 / 45.6; BCL-I 55.7 / 50.1 / 45.8; BCL-D 58.7 / 52.6 / 48.7",
         "MediaBrain-SJTU/BCL README",
-        "`python -m pipeline use-profile cifar10_lt_reference --set data.source=cifar100 --set sweep.draws=[1] "
+        f"{REPRODUCE} --set sweep.methods=[simclr,sdclr,bcl] --set data.source=cifar100 --set sweep.draws=[1] "
         "--set prepare.index_file=splits/cifar100/cifar100_split{draw}_D_i.npy "
-        "--set prepare.val_index_file=splits/cifar100/cifar100_valIdxList.npy --set pretrain.epochs=2000` "
-        "(BCL-D: `--set pretrain.method_kwargs.bcl.ops=2`, on SimCLR here)",
+        "--set prepare.val_index_file=splits/cifar100/cifar100_valIdxList.npy --set pretrain.epochs=2000",
+        "BCL-D: add --set pretrain.method_kwargs.bcl.ops=2; it runs on SimCLR here, on SDCLR there",
     ),
-    (
+    Published(
         "simclr, sdclr",
         "CIFAR-10-LT (SDCLR's split1-5_D_i, r = 100), ResNet-18, 2000 epochs",
         "linear probe top-1, many / medium / few, mean +- std over 5 splits",
         "in the paper (arXiv:2106.02990, Table 2); not transcribed: the repository has no results table",
         "VITA-Group/SDCLR README (commands), paper",
-        "`python -m pipeline use-profile cifar10_lt_reference --set sweep.methods=[simclr,sdclr] "
-        "--set pretrain.epochs=2000`",
+        f"{REPRODUCE} --set sweep.methods=[simclr,sdclr] --set pretrain.epochs=2000",
     ),
-    (
+    Published(
         "simclr_ts",
         "CIFAR-10-LT (SDCLR's split1_D_i), ResNet-18, 2000 epochs",
         "kNN top-1 (k 1); linear SVM on the LT set; linear SVM on a balanced subset of it",
         "61.21; 62.92; 71.49",
         "Annusha/temperature_schedules notebooks/simclr_tau_cifar10.ipynb (outputs of the released checkpoint)",
-        "`python -m pipeline use-profile cifar10_lt_reference --set sweep.methods=[simclr_ts] --set sweep.draws=[1] "
-        "--set pretrain.epochs=2000` (probes here: kNN k 200 and a logistic regression, not their SVMs)",
+        f"{REPRODUCE} --set sweep.methods=[simclr_ts] --set sweep.draws=[1] --set pretrain.epochs=2000",
+        "the probes here are kNN (k 200) and a logistic regression, not their SVMs",
     ),
-    (
+    Published(
         "gh",
         "CIFAR-100-LT (exp r = 100, Cao et al.), ResNet-18, 1000 epochs",
         "linear probe top-1, many / medium / few",
         "in the paper (arXiv:2310.17622); not transcribed: the repository has no results table",
         "MediaBrain-SJTU/Geometric-Harmonization README (commands), paper",
-        "`python -m pipeline use-profile cifar10_lt_reference --set sweep.methods=[gh] --set data.source=cifar100 "
-        "--set prepare.profile=exp --set prepare.n_max=500 --set sweep.draws=[0] --set prepare.index_file=null "
-        "--set prepare.val_index_file=null --set pretrain.epochs=1000`",
+        f"{REPRODUCE} --set sweep.methods=[gh] --set data.source=cifar100 --set prepare.profile=exp "
+        "--set prepare.n_max=450 --set sweep.draws=[0] --set prepare.index_file=null "
+        "--set prepare.val_index_file=null --set pretrain.epochs=1000",
+        "head class 450 images, not 500: 50 per class are held out for validation",
     ),
 ]
 
@@ -465,11 +477,15 @@ def render() -> str:
         "## Published numbers",
         "",
         "What the references publish for their own settings, with the command that would rerun each here.",
-        "None has been run with this project yet (each needs a GPU: 1000 to 2000 epochs of ResNet-18).",
+        "None has been run with this project yet: each is 200 to 2000 epochs of ResNet-18 on a GPU, and its",
+        "time there is not measured yet.",
         "",
-        "| method | setting | measure | published | source | reproduce here | here |",
-        "|---|---|---|---|---|---|---|",
+        "| method | setting | measure | published | source | here |",
+        "|---|---|---|---|---|---|",
     ]
-    for method, setting, measure, published, source, command in PUBLISHED:
-        lines.append(f"| {method} | {setting} | {measure} | {published} | {source} | {command} | not yet run |")
+    lines += [f"| {p.method} | {p.setting} | {p.measure} | {p.value} | {p.source} | not yet run |" for p in PUBLISHED]
+    lines += ["", "To rerun one, add `--set runtime.data_root=<folder>` to its command, then run `dvc repro`:", ""]
+    for p in PUBLISHED:
+        note = f" ({p.note})" if p.note else ""
+        lines += [f"- {p.method}, {p.setting}{note}:", "", "    ```bash", f"    {p.command}", "    ```", ""]
     return "\n".join(lines) + "\n"

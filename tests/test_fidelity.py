@@ -2,6 +2,10 @@
 
 from __future__ import annotations
 
+import shlex
+import subprocess
+import sys
+
 import pytest
 
 from pipeline import fidelity
@@ -23,3 +27,14 @@ def test_every_method_of_the_reference_profile_has_its_reference():
     profile = fidelity.profile_config(fidelity.PROFILES["reference"])
     assert set(profile.recipes) <= set(fidelity.REFERENCES)
     assert set(fidelity.REFERENCES) >= {"simclr", "sdclr", "bcl", "gh", "moco", "dmoco"}
+
+
+@pytest.mark.parametrize("published", fidelity.PUBLISHED, ids=lambda p: p.method)
+def test_every_command_that_would_rerun_a_published_number_is_a_valid_study(published, tmp_path):
+    args = shlex.split(published.command)
+    assert args[:3] == ["python", "-m", "pipeline"]
+    out = tmp_path / "params.yaml"
+    command = [sys.executable, *args[1:], "--set", "runtime.data_root=/data", "--output", str(out)]
+    proc = subprocess.run(command, cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 0, proc.stderr
+    assert out.is_file()
