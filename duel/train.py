@@ -256,6 +256,9 @@ def pretrain(
     on_method_metrics: StepCallback | None = None,
     before_checkpoint: Callable[[], None] | None = None,
     world: World = ONE_PROCESS,
+    monitor: Callable[[SSLMethod], dict[str, float]] | None = None,
+    monitor_every: int = 1,
+    on_monitor: StepCallback | None = None,
 ) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
     """Train `method` in place on `runtime`'s device; return the per-step history (loss, lr, memory
     entropy, images/s) and the memory diagnostics (`duel.diagnostics`, one record per `cfg.diagnostics_every` epochs and
@@ -272,6 +275,10 @@ def pretrain(
     step takes a global batch of `cfg.batch_size` images per rank (`cfg.lr` times the world size with
     `cfg.lr_scaling: linear`); each rank draws its own augmentations; rank 0 writes the checkpoints,
     which hold every rank's RNG state, so a resumed run continues as the uninterrupted one would.
+
+    `monitor` (rank 0, every `monitor_every` epochs and after the last) measures the method
+    without changing it (e.g. `duel.eval.online.OnlineKNN`); its values join the epoch's last history
+    record as `online_<name>` (so checkpoints keep them) and go to `on_monitor`.
     """
     device = world.device(runtime.device)
     method.to(device)
@@ -368,6 +375,12 @@ def pretrain(
                 read_pending()
         read_pending()
         last = epoch + 1 == epochs
+        if monitor is not None and ((epoch + 1) % monitor_every == 0 or last) and world.is_main:
+            values = monitor(method)
+            method.train()  # the monitor measures in eval mode
+            history[-1] |= {f"online_{name}": value for name, value in values.items()}
+            if on_monitor is not None:
+                on_monitor({"step": history[-1]["step"], **values})
         if on_method_metrics is not None and (scalars := method.epoch_metrics()):
             on_method_metrics({"step": len(history) - 1, **scalars})
         diagnose = cfg.diagnostics_every and ((epoch + 1) % cfg.diagnostics_every == 0 or last)
