@@ -8,6 +8,7 @@ import json
 import math
 from pathlib import Path
 
+import numpy as np
 import pandas as pd
 import pytest
 
@@ -35,12 +36,15 @@ def expected(values: pd.Series, decimals: int, split_std: pd.Series | None = Non
     values = values.dropna()
     if values.empty:
         return "-"
-    mean = sum(values) / len(values)
+    # numpy's left-to-right float64 sum: Python 3.12's sum() compensates its rounding, and a mean on a
+    # rounding boundary (43.95) would then print differently from the same data summed plainly.
+    array = values.to_numpy(dtype=float)
+    mean = float(np.add.reduce(array)) / len(array)
     if len(values) == 1:
         if split_std is not None and split_std.notna().all():
             return f"{mean:.{decimals}f} ± {split_std.iloc[0]:.{decimals}f}"
         return f"{mean:.{decimals}f}"
-    std = math.sqrt(sum((v - mean) ** 2 for v in values) / (len(values) - 1))
+    std = math.sqrt(float(np.add.reduce((array - mean) ** 2)) / (len(array) - 1))
     return f"{mean:.{decimals}f} ± {std:.{decimals}f}"
 
 
