@@ -33,7 +33,7 @@ SOURCE_NAMES = ("digits", "cifar10", "cifar100", "stl10", "imagefolder")  # duel
 BACKBONE_NAMES = ("small_cnn", "resnet18_cifar", "resnet18", "resnet50")  # duel.backbones.BACKBONES
 HEAD_NAMES = ("ce", "focal", "cb", "ldam", "ldam_drw", "logit_adjusted")  # duel.eval.heads.HEADS
 # pretrain keys a per-method recipe may not set: they are per method already, or shape the whole study.
-NOT_IN_RECIPES = ("recipes", "method_kwargs", "backbone", "epochs", "max_steps", "nproc_per_node")
+NOT_IN_RECIPES = ("recipes", "method_kwargs", "backbone", "epochs", "max_steps", "nproc_per_node", "online_eval")
 
 
 @dataclass(frozen=True)
@@ -109,6 +109,16 @@ class AugmentConfig:
 
 
 @dataclass(frozen=True)
+class OnlineEvalConfig:
+    """Accuracy over training (the DUEL paper's Figure 4 form; duel.eval.online): the probe stage's kNN
+    (probe.knn_k, knn_temperature, groups) of the current backbone, a seeded bank of the probe pool voting
+    for the validation split (never the test split). It changes no training byte."""
+
+    every: int = 0  # epochs between measurements, and after the last; 0: off
+    bank_size: int = 1000  # labelled images of the balanced probe pool (all when it holds fewer), drawn per study
+
+
+@dataclass(frozen=True)
 class PretrainConfig:
     backbone: str = "small_cnn"  # the encoder (duel/backbones.py)
     epochs: int = 20  # passes over the pretraining set
@@ -142,6 +152,7 @@ class PretrainConfig:
     lr_scaling: str = "none"  # none, or linear: lr x processes
     sync_batchnorm: bool = False  # BatchNorm statistics over the global batch (torch's SyncBatchNorm, CUDA only)
     diagnostics_every: int = 1  # epochs between memory diagnostics (duel.diagnostics; O(K^2 d) each); 0: off
+    online_eval: OnlineEvalConfig = field(default_factory=OnlineEvalConfig)
 
 
 @dataclass(frozen=True)

@@ -168,6 +168,9 @@ def validate_pretrain(t: PretrainConfig, rt: RuntimeConfig, where: str) -> None:
     _require(0 <= t.key_momentum < 1, f"{where}.key_momentum", t.key_momentum, "must be in [0, 1)")
     _require(t.max_steps is None or t.max_steps >= 1, f"{where}.max_steps", t.max_steps, "null or >= 1")
     _require(t.diagnostics_every >= 0, f"{where}.diagnostics_every", t.diagnostics_every, "must be >= 0 (0: off)")
+    o = t.online_eval
+    _require(o.every >= 0, f"{where}.online_eval.every", o.every, "must be >= 0 (0: off)")
+    _require(o.bank_size >= 1, f"{where}.online_eval.bank_size", o.bank_size, "must be >= 1")
     for name in t.method_kwargs:
         _require(name in METHOD_PARAMS, f"{where}.method_kwargs", name, f"known methods: {', '.join(METHOD_PARAMS)}")
     _require(t.checkpoint_every >= 1, f"{where}.checkpoint_every", t.checkpoint_every, "must be >= 1")

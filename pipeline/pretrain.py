@@ -8,26 +8,30 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
+from typing import Any
 
 import pandas as pd
 
 from duel.config import StudyConfig, for_method, to_dict
-from duel.data.augment import ssl_augmentation
+from duel.data.augment import normalizer, ssl_augmentation
 from duel.data.datasets import IndexedImages
 from duel.data.longtail import pretraining_indices
 from duel.data.sources import SourceData
 from duel.diagnostics import summary_metrics
 from duel.distributed import World, launched
 from duel.errors import DuelError
+from duel.eval.online import OnlineKNN, bank_indices, curve_summary
 from duel.files import atomic_path, write_json
 from duel.memory import class_entropy
-from duel.methods import DataInfo, build_method
+from duel.methods import DataInfo, SSLMethod, build_method
 from duel.train import pretrain as train
 from duel.utils import configure_cpu, save_torch, seed_everything
 from pipeline.common import RunKey, load_data, manifest_path
 from pipeline.tracking import StageRun
 
 LATE_SHARE = 3  # memory_entropy_late: the mean over the last third of the steps
+ONLINE = "online_"  # the history's prefix of the accuracy measured during training (duel.train.pretrain)
 
 
 def pretraining_set(source: SourceData, train_indices: list[int]) -> IndexedImages:
@@ -51,6 +55,42 @@ def pretrain(cfg: StudyConfig, key: RunKey, resume: bool) -> None:
         run_pretraining(cfg, key, resume, world)
     finally:
         world.close()
+
+
+def online_monitor(
+    cfg: StudyConfig, manifest: dict[str, Any], source: SourceData, normalize: Any, device: str
+) -> Callable[[SSLMethod], dict[str, float]] | None:
+    """The accuracy over training of `pretrain.online_eval` (None when off): the probe stage's kNN, its
+    bank drawn from the balanced probe pool with the study's split seed, its queries the validation split."""
+    oe = cfg.pretrain.online_eval
+    if not oe.every:
+        return None
+    if not manifest["val_indices"]:
+        raise DuelError(
+            "pretrain.online_eval measures on the validation split, which is empty here; "
+            "set data.val_fraction > 0 or pretrain.online_eval.every: 0"
+        )
+    bank = bank_indices(manifest["balanced_indices"], oe.bank_size, cfg.data.split_seed)
+    pc = cfg.probe
+    knn = OnlineKNN(
+        IndexedImages(source.train, bank),
+        IndexedImages(source.train, manifest["val_indices"]),
+        source.num_classes,
+        manifest["class_counts"],
+        k=pc.knn_k,
+        temperature=pc.knn_temperature,
+        groups=pc.groups,
+        thresholds=tuple(pc.shot_thresholds),
+        batch_size=pc.batch_size,
+    )
+    return lambda method: knn(method.backbone, normalize, device)
+
+
+def online_curve(log: pd.DataFrame) -> pd.DataFrame:
+    """The measured points of the history: step, epoch and each online value without its prefix."""
+    columns = [c for c in log.columns if c.startswith(ONLINE)]
+    measured = log.dropna(how="all", subset=columns) if columns else log.iloc[:0]
+    return measured[["step", "epoch", *columns]].rename(columns=lambda c: c.removeprefix(ONLINE))
 
 
 def launch_data_parallel(nproc: int) -> None:
@@ -88,6 +128,7 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
     mean, std = source.channel_stats()
     augment = ssl_augmentation(pre.augment, source.image_size, source.channels, mean, std)
     checkpoint = key.checkpoint
+    monitor = online_monitor(cfg, manifest, source, normalizer(mean, std), str(world.device(cfg.runtime.device)))
 
     tracked = StageRun("pretrain", key.stage("pretrain"), config, cfg.tracking.experiment, resume=resume)
     with tracked if world.is_main else contextlib.nullcontext() as run:
@@ -101,6 +142,7 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
                 "on_epoch": lambda record: run.log_step({"step": record["step"], **summary_metrics(record)}, "memory"),
                 "on_method_metrics": lambda record: run.log_step(record, "method"),
                 "before_checkpoint": run.flush,
+                "on_monitor": lambda record: run.log_step(record, "online"),
             }
         tic = time.perf_counter()
         history, diagnostics = train(
@@ -118,6 +160,8 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
             # head and tail classes as the LT run it is compared with (as the probe's groups do).
             class_counts=manifest["class_counts"],
             world=world,
+            monitor=monitor,
+            monitor_every=pre.online_eval.every,
             **logging,
         )
         if run is None:
@@ -136,6 +180,10 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
             metrics["memory_entropy_late"] = float(late.mean())
             # What a memory that mirrors the stream holds: the class entropy of the training set.
             metrics["stream_entropy"] = class_entropy(dataset.labels, source.num_classes)
+        curve = online_curve(log)
+        if len(curve):
+            summary = curve_summary(curve["step"].tolist(), curve["knn_top1"].tolist())
+            metrics |= {f"online_knn_{name}": value for name, value in summary.items()}
         if diagnostics:
             final = diagnostics[-1]
             metrics["memory_head_keys"] = sum(final["histogram"][c] for c in final["head_classes"])
@@ -158,11 +206,13 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
         save_torch(out / "memory.pt", {"policy": getattr(model.memory, "policy", None), "state_dict": memory})
         with atomic_path(out / "train_log.csv") as tmp:
             log.to_csv(tmp, index=False)
+        with atomic_path(out / "online_eval.csv") as tmp:  # the header alone when online_eval is off
+            curve.to_csv(tmp, index=False)
         write_json(out / "memory_diagnostics.json", diagnostics, indent=None)  # one line: long count lists
         write_json(out / "metrics.json", metrics)
         run.log_metrics(metrics)
-        for path in (out / "metrics.json", out / "train_log.csv", out / "memory_diagnostics.json"):
-            run.log_artifact(path)
+        for name in ("metrics.json", "train_log.csv", "online_eval.csv", "memory_diagnostics.json"):
+            run.log_artifact(out / name)
         if sample_state := model.sample_state():  # per-sample state (BCL's scores, GH's targets) in the run
             arrays = {"source_index": dataset.indices, **sample_state}
             run.log_arrays("sample_state.npz", {k: v.cpu().numpy() for k, v in arrays.items()})

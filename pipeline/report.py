@@ -53,7 +53,21 @@ TABLES = {
     "fresh_eviction_share": ("fresh_eviction_share", 100, 0, "Evictions that hit a key of the same push (%)"),
     "key_staleness": ("key_staleness", 1, 1, "Mean key staleness of the final memory (pushes since encoded)"),
     "train_time_vs_moco": ("train_time_vs_moco", 1, 2, "Training time relative to moco's run of the same setting"),
+    "online_knn_drop": (
+        "online_knn_drop",
+        100,
+        1,
+        "Degradation during training: online kNN top-1 (validation) at its best minus at the end (points)",
+    ),
+    "online_knn_auc": (
+        "online_knn_auc",
+        100,
+        1,
+        "Online kNN top-1 (validation) over training: area under the curve over the measured steps / their span (%)",
+    ),
 }
+# Accuracy over training (pretrain.online_eval): the columns drawn, and their panel titles
+CURVES = {"knn_top1": "all classes", "knn_few": "few group"}
 
 
 def row_label(method: str, train_set: str) -> str:
@@ -180,6 +194,50 @@ def plot_accuracy(runs: pd.DataFrame, cfg: StudyConfig, axis: str, path: Path) -
         ax.grid(alpha=0.3)
     axes[0].set_ylabel("test top-1 (%)")
     axes[1].legend()
+    save_figure(fig, path)
+
+
+def read_online(path: Path) -> pd.DataFrame:
+    return pd.read_csv(path)
+
+
+def online_curves(cfg: StudyConfig) -> pd.DataFrame:
+    """Accuracy over training of every run with pretrain.online_eval on, as mean and std over the LT draws
+    and seeds of each method, setting and step: one row per (row, imbalance, step)."""
+    frames = []
+    for key in run_keys(cfg):
+        curve = read_output(key.pretrain_dir / "online_eval.csv", key.stage("pretrain"), read_online)
+        if "knn_top1" in curve:
+            frames.append(curve.assign(row=row_label(key.method, key.train_set), imbalance=key.imbalance))
+    if not frames:
+        return pd.DataFrame()
+    columns = [c for c in CURVES if c in frames[0]]
+    stats = pd.concat(frames).groupby(["row", "imbalance", "step"])[columns].agg(["mean", "std", "count"])
+    stats.columns = [f"{column}_{stat}" for column, stat in stats.columns]
+    return stats.reset_index()
+
+
+def plot_online(curves: pd.DataFrame, cfg: StudyConfig, axis: str, path: Path) -> None:
+    """The DUEL paper's Figure 4 form: accuracy over the training steps per setting, a line per method,
+    mean ± std over the LT draws and seeds as a band."""
+    settings = cfg.sweep.imbalance
+    rows = [c for c in CURVES if f"{c}_mean" in curves]
+    fig, axes = plt.subplots(len(rows), len(settings), figsize=(4 * len(settings), 3.3 * len(rows)), squeeze=False)
+    for (i, column), (j, imbalance) in itertools.product(enumerate(rows), enumerate(settings)):
+        ax = axes[i, j]
+        for n, row in enumerate(table_rows(cfg)):
+            at = curves[(curves.row == row) & (curves.imbalance == imbalance)]
+            if at.empty:
+                continue
+            mean, std = 100 * at[f"{column}_mean"], 100 * at[f"{column}_std"].fillna(0)
+            ax.plot(at["step"], mean, color=f"C{n}", label=row)
+            ax.fill_between(at["step"], mean - std, mean + std, color=f"C{n}", alpha=0.2, lw=0)
+        ax.set(title=f"{axis}={setting(imbalance)}, {CURVES[column]}", xlabel="training step")
+        ax.grid(alpha=0.3)
+        axes[i, 0].set_ylabel("online kNN top-1, validation (%)")
+    axes[0, -1].legend(fontsize=8)
+    runs = len(cfg.sweep.draws) * len(cfg.sweep.seeds)
+    fig.suptitle(f"Accuracy over training: mean ± std over {runs} runs (LT draws x seeds)" if runs > 1 else "")
     save_figure(fig, path)
 
 
@@ -385,6 +443,11 @@ def build_report(cfg: StudyConfig, runs: pd.DataFrame) -> dict[str, float]:
         runs[[*coordinates, "linear_top1", "knn_top1"]].to_csv(tmp, index=False)
 
     plot_accuracy(runs, cfg, axis, figures / "accuracy_vs_imbalance.png")
+    curves = online_curves(cfg)
+    with atomic_path(REPORTS / "accuracy_over_training.csv") as tmp:  # the header alone without online_eval
+        (curves if len(curves) else pd.DataFrame(columns=["row", "imbalance", "step"])).to_csv(tmp, index=False)
+    if len(curves):
+        plot_online(curves, cfg, axis, figures / "accuracy_over_training.png")
     if memory_methods:
         plot_entropy(cfg, axis, memory_methods, figures / "memory_entropy.png")
     rc = cfg.report

@@ -157,6 +157,7 @@ def test_a_stopped_pretrain_leaves_nothing_and_resumes_into_the_same_run(project
         "memory.pt",
         "metrics.json",
         "train_log.csv",
+        "online_eval.csv",
         "memory_diagnostics.json",
     }
     assert not (project / "checkpoints/moco-imb10-lt-d0-s0").exists()
@@ -168,6 +169,9 @@ def test_a_stopped_pretrain_leaves_nothing_and_resumes_into_the_same_run(project
     # Memory diagnostics: one point per epoch, the last at the last step, across the kill and the resume.
     ages = client.get_metric_history(runs[0].info.run_id, "memory/memory_age")
     assert max(m.step for m in ages) == 11 and len({m.step for m in ages}) == len(ages) > 1
+    # Accuracy over training (online_eval in the default params): each epoch's last step, none repeated.
+    online = client.get_metric_history(runs[0].info.run_id, "online/knn_top1")
+    assert sorted(m.step for m in online) == [3, 7, 11]
 
 
 # A stage process that SIGKILLs itself at one training step (no handler, no flush, no cleanup runs), or

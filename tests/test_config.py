@@ -33,6 +33,9 @@ def test_empty_params_give_the_documented_defaults():
         ({"sweep": {"draws": [0, -1]}}, "sweep.draws=-1 is not allowed: LT draws are numbered from 0"),
         ({"sweep": {"draws": [1, 1]}}, "sweep.draws=[1, 1] is not allowed: distinct values"),
         ({"sweep": {"train_sets": []}}, "every axis needs a value"),
+        ({"pretrain": {"online_eval": {"every": -1}}}, "pretrain.online_eval.every=-1 is not allowed: must be >= 0"),
+        ({"pretrain": {"online_eval": {"bank_size": 0}}}, "pretrain.online_eval.bank_size=0 is not allowed"),
+        ({"pretrain": {"recipes": {"moco": {"online_eval": {"every": 2}}}}}, "pretrain.recipes.moco.online_eval"),
     ],
 )
 def test_bad_params_name_key_value_and_what_is_allowed(values, message):

@@ -3,19 +3,24 @@ changing training, kept through a resume."""
 
 from __future__ import annotations
 
+from dataclasses import replace
+
 import pytest
 import torch
+from torch import nn
 
-from duel.config import RuntimeConfig, to_dict
+from duel.config import OnlineEvalConfig, RuntimeConfig, to_dict
 from duel.data.augment import ssl_augmentation
 from duel.data.datasets import IndexedImages
+from duel.errors import DuelError
 from duel.eval.features import extract_features
 from duel.eval.groups import group_accuracies
 from duel.eval.knn import knn_predict
-from duel.eval.online import OnlineKNN, bank_indices
+from duel.eval.online import OnlineKNN, bank_indices, curve_summary
 from duel.methods import DataInfo, build_method
 from duel.train import pretrain
 from duel.utils import seed_everything
+from pipeline.pretrain import online_monitor
 from tests.test_train import Interrupt
 
 
@@ -103,3 +108,19 @@ def test_the_bank_is_a_seeded_subset_of_the_pool():
     assert bank == bank_indices(list(reversed(pool)), 30, seed=0)  # the pool's order does not matter
     assert bank != bank_indices(pool, 30, seed=1)
     assert bank_indices(pool, 500, seed=0) == pool
+
+
+def test_the_curve_summary_is_the_final_value_the_drop_from_the_best_and_the_trapezoidal_mean():
+    summary = curve_summary([10, 20, 40], [0.5, 0.7, 0.6])
+    # area: (0.5 + 0.7) / 2 x 10 + (0.7 + 0.6) / 2 x 20 = 6 + 13 = 19 over a span of 30
+    assert summary == pytest.approx({"final": 0.6, "drop": 0.1, "auc": 19 / 30})
+    assert curve_summary([5], [0.4]) == {"final": 0.4, "drop": 0.0, "auc": 0.4}
+
+
+def test_the_stage_refuses_an_online_eval_without_a_validation_split(tiny_source, tiny_config):
+    cfg = replace(tiny_config, pretrain=replace(tiny_config.pretrain, online_eval=OnlineEvalConfig(every=1)))
+    manifest = {"val_indices": [], "balanced_indices": [0, 1], "class_counts": [2, 1, 1]}
+    with pytest.raises(DuelError, match=r"set data\.val_fraction > 0 or pretrain\.online_eval\.every: 0"):
+        online_monitor(cfg, manifest, tiny_source, nn.Identity(), "cpu")
+    off = replace(cfg, pretrain=replace(cfg.pretrain, online_eval=OnlineEvalConfig(every=0)))
+    assert online_monitor(off, manifest, tiny_source, nn.Identity(), "cpu") is None

@@ -68,6 +68,18 @@ def test_repro_builds_the_paper_tables(study):
     for name in ("accuracy_vs_imbalance", "memory_entropy", "memory_histogram", "tsne_features", "tsne_memory"):
         assert (root / f"reports/figures/{name}.png").stat().st_size > 5000, name
     assert not list(root.glob("checkpoints/*")), "finished runs leave no crash-recovery checkpoint"
+    # Accuracy over training (pretrain.online_eval, on in the default params): each epoch's last step.
+    online = pd.read_csv(root / "outputs/pretrain/dmoco-imb10-lt-d0-s0/online_eval.csv")
+    steps = json.loads((root / "outputs/pretrain/dmoco-imb10-lt-d0-s0/metrics.json").read_text())["steps"]
+    assert online["epoch"].tolist() == [0, 1] and online["step"].iloc[-1] == steps - 1
+    assert {"knn_top1", "knn_many", "knn_few"} <= set(online.columns) and online["knn_top1"].between(0, 1).all()
+    metrics = json.loads((root / "outputs/pretrain/dmoco-imb10-lt-d0-s0/metrics.json").read_text())
+    assert metrics["online_knn_final"] == online["knn_top1"].iloc[-1]
+    assert metrics["online_knn_drop"] == pytest.approx(online["knn_top1"].max() - online["knn_top1"].iloc[-1])
+    curves = pd.read_csv(root / "reports/accuracy_over_training.csv")
+    assert set(curves["row"]) == {"moco", "dmoco"} and (curves["knn_top1_count"] == 1).all()
+    assert (root / "reports/figures/accuracy_over_training.png").stat().st_size > 5000
+    assert "Degradation during training" in results
 
 
 def test_every_stage_instance_is_one_mlflow_run_with_its_metrics(study):
@@ -95,6 +107,10 @@ def test_every_stage_instance_is_one_mlflow_run_with_its_metrics(study):
     for key in ("loss", "lr", "memory_entropy", "images_per_s"):
         history = client.get_metric_history(pretrain.info.run_id, f"train/{key}")
         assert sorted(m.step for m in history) == list(range(steps)), key
+    online = pd.read_csv(root / "outputs/pretrain/dmoco-imb10-lt-d0-s0/online_eval.csv")
+    logged = sorted(client.get_metric_history(pretrain.info.run_id, "online/knn_top1"), key=lambda m: m.step)
+    assert [m.step for m in logged] == online["step"].tolist()
+    assert [m.value for m in logged] == pytest.approx(online["knn_top1"].tolist())
     curve = sorted(client.get_metric_history(pretrain.info.run_id, "train/memory_entropy"), key=lambda m: m.step)
     assert curve[-1].value == pytest.approx(pretrain.data.metrics["memory_entropy"])
     assert pretrain.data.params["pretrain.memory.size"] == "64"
@@ -104,7 +120,7 @@ def test_every_stage_instance_is_one_mlflow_run_with_its_metrics(study):
     assert json.loads(training.dataset.profile)["features_size"] == manifest["num_train"]
     assert client.get_experiment_by_name("e2e").tags["mlflow.experimentKind"] == "custom_model_development"
     artifacts = {a.path for a in client.list_artifacts(pretrain.info.run_id)}
-    assert {"config.json", "metrics.json", "train_log.csv"} <= artifacts
+    assert {"config.json", "metrics.json", "train_log.csv", "online_eval.csv"} <= artifacts
     figures = {a.path for a in client.list_artifacts(by_name["report"].info.run_id, "figures")}
     assert "figures/tsne_memory.png" in figures
 
@@ -117,6 +133,7 @@ def test_dvc_metrics_and_plots_are_declared(study):
     dvc(root, env, "plots", "show", "--out", "dvc_plots")
     html = (root / "dvc_plots/index.html").read_text()
     assert "memory_entropy" in html and "tsne_memory" in html
+    assert "online_eval.csv" in html and "accuracy_over_training" in html
 
 
 def test_outputs_pushed_to_a_remote_rebuild_nothing_in_another_clone(study, tmp_path):

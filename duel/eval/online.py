@@ -50,3 +50,12 @@ class OnlineKNN:
         pred = knn_predict(bank, self.bank.labels.numpy(), queries, self.num_classes, self.k, self.temperature)
         accuracies = group_accuracies(labels, pred, self.train_counts, self.groups, self.thresholds)
         return {f"knn_{name}": value for name, value in accuracies.items()}
+
+
+def curve_summary(steps: list[float], accuracy: list[float]) -> dict[str, float]:
+    """One run's accuracy over training in three numbers: the final value, the drop from the best to the
+    final (the paper's "performance degradation", >= 0) and the area under the curve over the measured
+    steps divided by their span (the trapezoidal mean accuracy; the value itself for one point)."""
+    x, y = np.asarray(steps, dtype=float), np.asarray(accuracy, dtype=float)
+    auc = float(np.trapezoid(y, x) / (x[-1] - x[0])) if len(x) > 1 else float(y[0])
+    return {"final": float(y[-1]), "drop": float(y.max() - y[-1]), "auc": auc}

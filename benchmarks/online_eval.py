@@ -1,0 +1,72 @@
+"""The cost of the accuracy over training (`pretrain.online_eval`): one pretrain run of a study with the
+online kNN off and on, alternately, in one process.
+
+    python benchmarks/online_eval.py [--params params.yaml] [--method dmoco] [--imbalance 1] [--repeats 2]
+
+Runs the prepare and pretrain stages in a temporary folder (outputs and MLflow store there) on the given
+params with `pretrain.online_eval.every` 0 and the params' own value (1 when it is 0), and prints each
+run's `train_seconds` (the training loop, which holds the measurements), the measurements made, the mean
+of each setting and the ratio on / off. Both settings train the same bytes (tests/test_online_eval.py).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import tempfile
+from pathlib import Path
+
+import yaml
+
+from pipeline import portable
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--params", type=Path, default=ROOT / "params.yaml")
+    parser.add_argument("--method", default="dmoco")
+    parser.add_argument("--imbalance", default="1")
+    parser.add_argument("--repeats", type=int, default=2)
+    args = parser.parse_args()
+    params = yaml.safe_load(args.params.read_text())
+    every = params["pretrain"].get("online_eval", {}).get("every") or 1
+    folder = Path(tempfile.mkdtemp(prefix="duel-online-"))
+    os.chdir(folder)
+    os.environ.pop("MLFLOW_TRACKING_URI", None)  # the folder's own mlflow.db
+    for name, value in (("off", 0), ("on", every)):
+        online = {**params["pretrain"].get("online_eval", {}), "every": value}
+        settings = {**params, "pretrain": {**params["pretrain"], "online_eval": online}}
+        (folder / f"{name}.yaml").write_text(yaml.safe_dump(settings, sort_keys=False))
+    portable.apply(["--params", "off.yaml"])  # as `python -m pipeline` does, before torch loads
+    from pipeline.cli import build_app
+
+    app = build_app()
+    app(["prepare", "--imbalance", args.imbalance, "--params", "off.yaml"], standalone_mode=False)
+    seconds: dict[str, list[float]] = {"off": [], "on": []}
+    points = 0
+    for repeat in range(args.repeats):
+        for name in ("off", "on"):
+            command = ["pretrain", "--method", args.method, "--imbalance", args.imbalance, "--params", f"{name}.yaml"]
+            app(command, standalone_mode=False)
+            run = next((folder / "outputs/pretrain").glob(f"{args.method}-*"))
+            metrics = json.loads((run / "metrics.json").read_text())
+            points = len((run / "online_eval.csv").read_text().splitlines()) - 1
+            seconds[name].append(metrics["train_seconds"])
+            print(
+                f"repeat {repeat} online_eval {name:>3}: train_seconds {metrics['train_seconds']:.2f}, "
+                f"{metrics['steps']} steps, {points} measurements"
+            )
+    off, on = statistics.mean(seconds["off"]), statistics.mean(seconds["on"])
+    print(
+        f"{args.params.name} {args.method} imbalance {args.imbalance}, every {every} epoch(s): "
+        f"off {off:.2f} s, on {on:.2f} s, ratio on / off {on / off:.3f}, {(on - off) / points:.3f} s per measurement"
+    )
+    print(f"folder: {folder}")
+
+
+if __name__ == "__main__":
+    main()
