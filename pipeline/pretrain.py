@@ -9,6 +9,7 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pandas as pd
 
 from duel.config import StudyConfig, for_method, to_dict
@@ -22,6 +23,7 @@ from duel.errors import DuelError
 from duel.files import atomic_path, write_json
 from duel.memory import class_entropy
 from duel.methods import DataInfo, build_method
+from duel.snapshots import MemorySnapshots
 from duel.train import pretrain as train
 from duel.utils import configure_cpu, save_torch, seed_everything
 from pipeline.common import RunKey, load_data, manifest_path
@@ -103,6 +105,7 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
                 "before_checkpoint": run.flush,
             }
         tic = time.perf_counter()
+        snapshots = MemorySnapshots()
         history, diagnostics = train(
             model,
             dataset,
@@ -118,6 +121,7 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
             # head and tail classes as the LT run it is compared with (as the probe's groups do).
             class_counts=manifest["class_counts"],
             world=world,
+            snapshots=snapshots,
             **logging,
         )
         if run is None:
@@ -159,10 +163,12 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
         with atomic_path(out / "train_log.csv") as tmp:
             log.to_csv(tmp, index=False)
         write_json(out / "memory_diagnostics.json", diagnostics, indent=None)  # one line: long count lists
+        with atomic_path(out / "memory_snapshots.npz") as tmp:  # no point when off or without a memory
+            np.savez_compressed(tmp, **snapshots.arrays())
         write_json(out / "metrics.json", metrics)
         run.log_metrics(metrics)
-        for path in (out / "metrics.json", out / "train_log.csv", out / "memory_diagnostics.json"):
-            run.log_artifact(path)
+        for name in ("metrics.json", "train_log.csv", "memory_diagnostics.json", "memory_snapshots.npz"):
+            run.log_artifact(out / name)
         if sample_state := model.sample_state():  # per-sample state (BCL's scores, GH's targets) in the run
             arrays = {"source_index": dataset.indices, **sample_state}
             run.log_arrays("sample_state.npz", {k: v.cpu().numpy() for k, v in arrays.items()})

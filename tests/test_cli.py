@@ -158,6 +158,7 @@ def test_a_stopped_pretrain_leaves_nothing_and_resumes_into_the_same_run(project
         "metrics.json",
         "train_log.csv",
         "memory_diagnostics.json",
+        "memory_snapshots.npz",
     }
     assert not (project / "checkpoints/moco-imb10-lt-d0-s0").exists()
 
