@@ -18,6 +18,8 @@ from duel.snapshots import MemorySnapshots
 from duel.train import pretrain, unaugmented_keys
 from duel.utils import seed_everything
 from duel.validation import validate_pretrain
+from pipeline.report import plot_memory_snapshots
+from tests.test_cli import project, run_stage, set_params  # noqa: F401 (project: a fixture)
 from tests.test_train import Interrupt
 
 # 60 images, batches of 8: 7 steps (56 pushes) an epoch; a memory of 80 holds its last 10 steps' keys, so
@@ -101,9 +103,31 @@ def test_a_killed_run_resumes_to_the_same_snapshots(tiny_source, tiny_config, tm
 
 
 def test_snapshot_epochs_are_checked(tiny_config):
-    pre = tiny_config.pretrain  # 3 epochs
-    for bad in ([0], [4], [2, 1], [1, 1]):
-        with pytest.raises(ConfigError, match=r"pretrain.memory.snapshot_epochs=.*increasing epochs in 1..pretrain"):
+    for bad in ([0], [2, 1], [1, 1]):
+        with pytest.raises(ConfigError, match=r"pretrain.memory.snapshot_epochs=.*increasing epochs counted from 1"):
             validate_pretrain(snapshot_config(tiny_config, bad), RuntimeConfig(), "pretrain")
-    validate_pretrain(snapshot_config(tiny_config, [1, 3]), RuntimeConfig(), "pretrain")
-    assert pre.memory.snapshot_epochs == []
+    validate_pretrain(snapshot_config(tiny_config, [1, 3, 20]), RuntimeConfig(), "pretrain")  # 20 of 3: never comes
+    assert tiny_config.pretrain.memory.snapshot_epochs == []
+
+
+def test_an_epoch_past_the_last_never_comes(tiny_source, tiny_config, tmp_path):
+    *_, snapshots, _ = train(tiny_source, tiny_config, tmp_path / "ck.pt", epochs=(2, 20), method="moco")
+    assert snapshots.arrays()["epoch"].tolist() == [2]
+
+
+def test_the_stage_writes_the_snapshots_and_the_report_draws_them(project, monkeypatch, capsys):  # noqa: F811
+    set_params(project, "prepare", n_max=20)
+    set_params(project, "pretrain", epochs=2, batch_size=16, memory={"size": 32, "snapshot_epochs": [1, 2]})
+    assert run_stage(["prepare", "--imbalance", "10"], monkeypatch, capsys)[0] == 0
+    written = {}
+    for method in ("moco", "simclr"):  # simclr: no memory, a file with no point
+        assert run_stage(["pretrain", "--method", method, "--imbalance", "10"], monkeypatch, capsys)[0] == 0
+        written[method] = dict(np.load(project / f"outputs/pretrain/{method}-imb10-lt-d0-s0/memory_snapshots.npz"))
+    assert written["simclr"]["step"].size == 0 and written["simclr"]["memory_keys"].size == 0
+    moco = written["moco"]
+    assert moco["epoch"].tolist() == [1, 2] and moco["display_features"].shape[:2] == (2, len(moco["display_labels"]))
+    assert np.bincount(moco["memory_point"]).tolist() == [32, 32]
+
+    figure = project / "memory_snapshots.png"
+    plot_memory_snapshots({"moco": moco}, 10, 30.0, "test", figure)
+    assert figure.stat().st_size > 0
