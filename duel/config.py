@@ -93,6 +93,11 @@ class MemoryConfig:
     # facebookresearch/moco's builder and CIFAR-10 demo start their queue (fifo and random policies only:
     # random keys are the least duplicated, so a duel memory would keep them)
     init: str = "empty"
+    # epochs (from 1, increasing) after which rank 0 records the memory's keys, its last K pushes and the
+    # current features of a fixed subset of the training images (memory_snapshots.npz, the report's
+    # memory_snapshots.png: the paper's Figure 5); []: off. One past the run's last epoch never comes (a
+    # study shortened for a smoke test keeps the list).
+    snapshot_epochs: list[int] = field(default_factory=list)
 
 
 @dataclass(frozen=True)

@@ -24,6 +24,7 @@ replays the whole loop of a push as one captured graph.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 from torch import nn
@@ -122,6 +123,9 @@ class ActiveMemory(nn.Module):
         # Greedy pushes on CUDA as captured graphs (`_greedy`); the capture of the last push size.
         self.cuda_graphs = False
         self._graph: tuple | None = None
+        # An observer of every push's normalised keys, labels and indices (analysis only: duel.snapshots);
+        # not state: it changes nothing the memory holds.
+        self.on_push: Callable[[torch.Tensor, torch.Tensor, torch.Tensor], None] | None = None
 
     def seed(self, seed: int) -> None:
         self.generator.manual_seed(seed)
@@ -222,6 +226,8 @@ class ActiveMemory(nn.Module):
         n = keys.shape[0]
         labels = self._meta(labels, n)
         indices = self._meta(indices, n)
+        if self.on_push is not None:
+            self.on_push(keys, labels, indices)
         if self.policy == "duel" and self.batch_mode == "greedy":
             # Filling empty slots involves no choice, so it is done in blocks.
             free = min(n, self.size - self.num_filled)

@@ -27,6 +27,7 @@ from duel.diagnostics import memory_diagnostics
 from duel.distributed import ONE_PROCESS, World
 from duel.errors import DuelError
 from duel.methods import SSLMethod, StepOutput
+from duel.snapshots import MemorySnapshots, display_positions
 from duel.utils import progress, rng_states, save_torch, seed_everything, set_rng_states
 
 StepCallback = Callable[[dict[str, float]], None]
@@ -173,29 +174,44 @@ def refresh_memory(
 
 
 @torch.no_grad()
+def unaugmented_keys(
+    method: SSLMethod,
+    dataset: IndexedImages,
+    positions: torch.Tensor,
+    augment: nn.Module,
+    batch_size: int,
+    runtime: RuntimeConfig,
+) -> torch.Tensor:
+    """The current encoder's keys (`method.memory_keys`, fp32) of the images at `positions`, for measuring:
+    unaugmented (only the augmentation's last step, the normalisation) and in eval mode, so they update no
+    BatchNorm statistics, and with the CPU RNG restored after (a lazy set's DataLoader draws its base seed
+    from it): training goes on exactly as without them."""
+    normalize = augment[-1] if isinstance(augment, nn.Sequential) else augment
+    device = next(method.parameters()).device
+    method.eval()
+    with torch.random.fork_rng(devices=[]):
+        keys = [
+            method.memory_keys(normalize(to_unit(batch.images))).float()
+            for batch in dataset.batches(positions, batch_size, device, runtime.num_workers)
+        ]
+    method.train()
+    return torch.cat(keys)
+
+
+@torch.no_grad()
 def current_keys(
     method: SSLMethod, dataset: IndexedImages, augment: nn.Module, batch_size: int, runtime: RuntimeConfig
 ) -> torch.Tensor:
-    """The current encoder's keys of the memory's images, for diagnostics: unaugmented (only the
-    augmentation's last step, the normalisation) and in eval mode, so measuring them draws no random
-    number and updates no BatchNorm statistics: training goes on exactly as without them. A slot with no
-    image behind it (a random initial key, index -1) gets a row of NaN."""
+    """The current encoder's keys of the memory's images, for diagnostics (`unaugmented_keys`). A slot with
+    no image behind it (a random initial key, index -1) gets a row of NaN."""
     memory = method.memory
     assert memory is not None
-    normalize = augment[-1] if isinstance(augment, nn.Sequential) else augment
     indices = memory.indices[: memory.num_filled]
     has_image = indices >= 0
-    method.eval()
-    keys = [
-        method.memory_keys(normalize(to_unit(batch.images))).float()
-        for batch in dataset.batches(
-            dataset.positions(indices[has_image]), batch_size, memory.keys.device, runtime.num_workers
-        )
-    ]
-    method.train()
     out = torch.full((len(indices), memory.dim), float("nan"), device=memory.keys.device)
-    if keys:
-        out[has_image] = torch.cat(keys)
+    positions = dataset.positions(indices[has_image])
+    if len(positions):
+        out[has_image] = unaugmented_keys(method, dataset, positions, augment, batch_size, runtime)
     return out
 
 
@@ -208,7 +224,18 @@ def _data_on_device(dataset: IndexedImages, runtime: RuntimeConfig, device: torc
     return dataset.images.shape[-1] <= 96
 
 
-CHECKPOINT_KEYS = {"model", "optimizer", "scheduler", "order", "rng", "epoch", "history", "diagnostics", "config"}
+CHECKPOINT_KEYS = {
+    "model",
+    "optimizer",
+    "scheduler",
+    "order",
+    "rng",
+    "epoch",
+    "history",
+    "diagnostics",
+    "snapshots",
+    "config",
+}
 
 
 def _load_checkpoint(path: Path, config: dict[str, Any]) -> dict[str, Any] | None:
@@ -259,6 +286,7 @@ def pretrain(
     monitor: Callable[[SSLMethod], dict[str, float]] | None = None,
     monitor_every: int = 1,
     on_monitor: StepCallback | None = None,
+    snapshots: MemorySnapshots | None = None,
 ) -> tuple[list[dict[str, float]], list[dict[str, Any]]]:
     """Train `method` in place on `runtime`'s device; return the per-step history (loss, lr, memory
     entropy, images/s) and the memory diagnostics (`duel.diagnostics`, one record per `cfg.diagnostics_every` epochs and
@@ -279,6 +307,10 @@ def pretrain(
     `monitor` (rank 0, every `monitor_every` epochs and after the last) measures the method
     without changing it (e.g. `duel.eval.online.OnlineKNN`); its values join the epoch's last history
     record as `online_<name>` (so checkpoints keep them) and go to `on_monitor`.
+
+    `snapshots` receives the memory snapshots of `cfg.memory.snapshot_epochs` (`duel.snapshots`; rank 0,
+    methods with a memory), a resumed checkpoint's included; they are measured like the diagnostics, so
+    training is the same with them.
     """
     device = world.device(runtime.device)
     method.to(device)
@@ -312,6 +344,9 @@ def pretrain(
     if world.distributed:  # each rank its own augmentations (rank 0's weights are broadcast by DDP)
         seed_everything(rank_seed(seed, world.rank), runtime.device)
 
+    # Kept (and checkpointed) whether or not the caller asks for them: a resumed run then has every point.
+    recorder = snapshots if snapshots is not None else MemorySnapshots()
+    snapshot_epochs = cfg.memory.snapshot_epochs if method.memory is not None and world.is_main else []
     start_epoch, history, diagnostics = 0, [], []
     if resume and checkpoint.exists() and (state := _load_checkpoint(checkpoint, config)) is not None:
         if len(state["rng"]) != world.size:
@@ -325,10 +360,15 @@ def pretrain(
         order.set_state(state["order"])
         set_rng_states(state["rng"][world.rank])
         start_epoch, history, diagnostics = state["epoch"], state["history"], state["diagnostics"]
+        recorder.load_state_dict(state["snapshots"])
     loss_module = data_parallel(method, world, cfg.sync_batchnorm)
     if runtime.compile:
         loss_module = compile_step(method, loss_module)
 
+    if snapshot_epochs:
+        assert method.memory is not None
+        recorder.watch(method.memory)  # after the random initial keys: those are no push of the stream
+        display = display_positions(len(dataset), seed, recorder.display_images)
     method.train()
     epochs = math.ceil(total_steps / steps_per_epoch)
     remaining = range(start_epoch, epochs)
@@ -390,6 +430,11 @@ def pretrain(
             diagnostics.append(record)
             if on_epoch is not None:
                 on_epoch(record)
+        if epoch + 1 in snapshot_epochs:
+            assert method.memory is not None
+            features = unaugmented_keys(method, dataset, display, augment, cfg.batch_size, runtime)
+            where = (dataset.indices[display], dataset.labels[display])
+            recorder.record(method.memory, features, where, len(history) - 1, epoch + 1, num_classes)
         if (epoch + 1) % cfg.checkpoint_every == 0 or last:
             rng = world.objects(rng_states())  # every rank takes part; rank 0 writes
             if world.is_main:
@@ -406,9 +451,12 @@ def pretrain(
                         "epoch": epoch + 1,
                         "history": history,
                         "diagnostics": diagnostics,
+                        "snapshots": recorder.state_dict(),
                         "config": config,
                     },
                 )
+    if method.memory is not None:
+        method.memory.on_push = None
     return history, diagnostics
 
 

@@ -197,5 +197,12 @@ def validate_pretrain(t: PretrainConfig, rt: RuntimeConfig, where: str) -> None:
     _require(t.warmup_epochs < t.epochs, f"{where}.warmup_epochs", t.warmup_epochs, f"must be < epochs ({t.epochs})")
     _require(t.head in PROJECTION_HEADS, f"{where}.head", t.head, ", ".join(PROJECTION_HEADS))
     _require(m.init in MEMORY_INITS, f"{where}.memory.init", m.init, ", ".join(MEMORY_INITS))
+    snapshots = m.snapshot_epochs
+    _require(
+        all(e >= 1 for e in snapshots) and snapshots == sorted(set(snapshots)),
+        f"{where}.memory.snapshot_epochs",
+        snapshots,
+        "increasing epochs counted from 1; [] for none",
+    )
     interpolation = a.crop_interpolation
     _require(interpolation in INTERPOLATIONS, f"{where}.augment.crop_interpolation", interpolation, "bilinear, bicubic")

@@ -11,6 +11,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
+import numpy as np
 import pandas as pd
 
 from duel.config import StudyConfig, for_method, to_dict
@@ -25,6 +26,7 @@ from duel.eval.online import OnlineKNN, bank_indices, curve_summary
 from duel.files import atomic_path, write_json
 from duel.memory import class_entropy
 from duel.methods import DataInfo, SSLMethod, build_method
+from duel.snapshots import MemorySnapshots
 from duel.train import pretrain as train
 from duel.utils import configure_cpu, save_torch, seed_everything
 from pipeline.common import RunKey, load_data, manifest_path
@@ -145,6 +147,7 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
                 "on_monitor": lambda record: run.log_step(record, "online"),
             }
         tic = time.perf_counter()
+        snapshots = MemorySnapshots()
         history, diagnostics = train(
             model,
             dataset,
@@ -162,6 +165,7 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
             world=world,
             monitor=monitor,
             monitor_every=pre.online_eval.every,
+            snapshots=snapshots,
             **logging,
         )
         if run is None:
@@ -209,9 +213,17 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
         with atomic_path(out / "online_eval.csv") as tmp:  # the header alone when online_eval is off
             curve.to_csv(tmp, index=False)
         write_json(out / "memory_diagnostics.json", diagnostics, indent=None)  # one line: long count lists
+        with atomic_path(out / "memory_snapshots.npz") as tmp:  # no point when off or without a memory
+            np.savez_compressed(tmp, **snapshots.arrays())
         write_json(out / "metrics.json", metrics)
         run.log_metrics(metrics)
-        for name in ("metrics.json", "train_log.csv", "online_eval.csv", "memory_diagnostics.json"):
+        for name in (
+            "metrics.json",
+            "train_log.csv",
+            "online_eval.csv",
+            "memory_diagnostics.json",
+            "memory_snapshots.npz",
+        ):
             run.log_artifact(out / name)
         if sample_state := model.sample_state():  # per-sample state (BCL's scores, GH's targets) in the run
             arrays = {"source_index": dataset.indices, **sample_state}

@@ -301,6 +301,55 @@ def plot_memory_histograms(memories: dict[str, ActiveMemory], classes: int, titl
     save_figure(fig, path)
 
 
+def load_snapshots(key: RunKey) -> dict[str, np.ndarray]:
+    """A pretrain run's memory snapshots (duel.snapshots `arrays`): no point when the run took none."""
+    return read_output(key.pretrain_dir / "memory_snapshots.npz", key.stage("pretrain"), lambda p: dict(np.load(p)))
+
+
+def plot_memory_snapshots(
+    snapshots: dict[str, dict[str, np.ndarray]], classes: int, perplexity: float, title: str, path: Path
+) -> None:
+    """The paper's Figure 5 form: a row per method, a column per snapshot point; each panel one t-SNE over
+    the display images' current features (faint), the memory's keys (filled) and its last K pushes
+    (hollow), so what the stream brought and what the memory kept share one map. t-SNE, as the paper
+    draws it, from scikit-learn, which the project has already (UMAP would be one more dependency)."""
+    columns = max(len(arrays["step"]) for arrays in snapshots.values())
+    fig, axes = plt.subplots(len(snapshots), columns, figsize=(3.6 * columns, 3.6 * len(snapshots)), squeeze=False)
+    colour = matplotlib.colors.Normalize(0, max(classes - 1, 1))
+    cmap = plt.get_cmap("tab10")
+
+    def colours(labels: np.ndarray) -> np.ndarray:
+        return np.where((labels >= 0)[:, None], cmap(colour(labels)), (0.6, 0.6, 0.6, 1.0))  # grey: no label
+
+    for row, (method, arrays) in zip(axes, snapshots.items(), strict=True):
+        for point, ax in enumerate(row):
+            ax.set(xticks=[], yticks=[])
+            if point >= len(arrays["step"]):
+                ax.axis("off")
+                continue
+            memory, recent = arrays["memory_point"] == point, arrays["recent_point"] == point
+            parts = (arrays["display_features"][point], arrays["memory_keys"][memory], arrays["recent_keys"][recent])
+            labels = (arrays["display_labels"], arrays["memory_labels"][memory], arrays["recent_labels"][recent])
+            # A key both in the memory and among the last pushes (all of them for FIFO) is embedded once.
+            features, inverse = np.unique(np.concatenate(parts), axis=0, return_inverse=True)
+            coords = tsne_embed(features, np.zeros(len(features)), perplexity, len(features))[0][inverse.reshape(-1)]
+            display, kept, pushed = np.split(coords, np.cumsum([len(part) for part in parts[:2]]))
+            ax.scatter(*display.T, color=colours(labels[0]), s=4, alpha=0.15, linewidths=0)
+            ax.scatter(*pushed.T, facecolors="none", edgecolors=colours(labels[2]), s=24, linewidths=0.8)
+            ax.scatter(*kept.T, color=colours(labels[1]), s=9, linewidths=0)
+            entropy = arrays["memory_entropy"][point]
+            ax.set_title(f"{method}, epoch {arrays['epoch'][point]}: memory entropy {entropy:.2f}", fontsize=9)
+    kinds = (
+        ("o", {"color": "grey", "alpha": 0.3, "markersize": 3}, "training images (current features)"),
+        ("o", {"color": "grey", "markersize": 4}, "memory keys"),
+        ("o", {"markerfacecolor": "none", "markeredgecolor": "grey", "markersize": 6}, "last K pushes"),
+    )
+    handles = [plt.Line2D([], [], marker=m, linestyle="none", label=label, **style) for m, style, label in kinds]
+    fig.legend(handles=handles, loc="lower center", ncol=3, fontsize=8, bbox_to_anchor=(0.5, -0.02))
+    fig.suptitle(title)
+    save_figure(fig, path)
+
+
 def load_diagnostics(key: RunKey) -> list[dict]:
     return read_json(key.pretrain_dir / "memory_diagnostics.json", key.stage("pretrain"))
 
@@ -470,6 +519,11 @@ def build_report(cfg: StudyConfig, runs: pd.DataFrame) -> dict[str, float]:
         }
         scatter_grid(maps, num_classes, f"t-SNE of the final memory ({where})", figures / "tsne_memory.png")
         plot_memory_histograms(memories, num_classes, f"final memory ({where})", figures / "memory_histogram.png")
+        snapshots = {m: load_snapshots(shown_run(cfg, m, worst)) for m in with_maps}
+        snapshots = {m: arrays for m, arrays in snapshots.items() if len(arrays["step"])}
+        if snapshots:
+            title = f"t-SNE of the memory over training, colours classes ({where})"
+            plot_memory_snapshots(snapshots, num_classes, rc.tsne_perplexity, title, figures / "memory_snapshots.png")
         diagnostics = {m: load_diagnostics(shown_run(cfg, m, worst)) for m in memory_methods}
         diagnostics = {m: records for m, records in diagnostics.items() if records}
         if diagnostics:

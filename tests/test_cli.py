@@ -159,6 +159,7 @@ def test_a_stopped_pretrain_leaves_nothing_and_resumes_into_the_same_run(project
         "train_log.csv",
         "online_eval.csv",
         "memory_diagnostics.json",
+        "memory_snapshots.npz",
     }
     assert not (project / "checkpoints/moco-imb10-lt-d0-s0").exists()
 
