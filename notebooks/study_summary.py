@@ -37,10 +37,26 @@ ACCURACY = {
     "knn_top1": ("kNN (%)", 100, 1),
     "linear_few": ("few, linear (%)", 100, 1),
 }
-TABLES = {"Memory class entropy": ENTROPY, "Memory keys": KEYS, "Accuracy": ACCURACY}
-COLUMNS = ENTROPY | KEYS | ACCURACY
+# pretrain.online_eval's summary of the accuracy over training (a table only where some run has it)
+OVER_TRAINING = {
+    "online_knn_auc": ("kNN over training, AUC (%)", 100, 1),
+    "online_knn_drop": ("drop, best to final (points)", 100, 1),
+    "online_knn_final": ("final (%)", 100, 1),
+}
+TABLES = {
+    "Memory class entropy": ENTROPY,
+    "Memory keys": KEYS,
+    "Accuracy": ACCURACY,
+    "Accuracy over training (kNN on the validation split)": OVER_TRAINING,
+}
+COLUMNS = ENTROPY | KEYS | ACCURACY | OVER_TRAINING
 # each run minus the baseline's of the same seed, in the table of its metric: column -> header
-PAIRED = {"memory_entropy_late": "late entropy", "linear_top1": "linear (points)", "knn_top1": "kNN (points)"}
+PAIRED = {
+    "memory_entropy_late": "late entropy",
+    "linear_top1": "linear (points)",
+    "knn_top1": "kNN (points)",
+    "online_knn_auc": "AUC (points)",
+}
 
 
 def cell(values: pd.Series, scale: float, decimals: int) -> str:
@@ -59,14 +75,16 @@ def summary(studies: list[tuple[str, pd.DataFrame]], baseline: str = "dmoco") ->
     runs["row"] = [r if v == "main" else f"{r} ({v})" for r, v in zip(rows, runs.variant, strict=True)]
     main = runs[runs.variant == "main"]
     reference = main[(main.method == baseline) & (main.get("train_set", "lt") == "lt")].set_index("seed")
-    for column in PAIRED:
+    for column in (c for c in PAIRED if c in runs):
         runs[f"{column} paired"] = runs[column] - runs["seed"].map(reference[column])
     lines = [
         f"Mean ± std over the seeds of each row (a single value: one seed). The columns `vs {baseline}, same seed`"
         f" are each run minus {baseline}'s run of the same seed; `-`: not recorded for those runs.",
     ]
     for title, columns in TABLES.items():
-        paired = [c for c in PAIRED if c in columns]
+        if columns is OVER_TRAINING and not any(c in runs for c in columns):
+            continue
+        paired = [c for c in PAIRED if c in columns and c in runs]
         header = [
             "method",
             "seeds",
