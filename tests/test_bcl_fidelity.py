@@ -16,14 +16,12 @@ import torch
 from PIL import Image, ImageDraw
 from torch import nn
 
-from duel.config import RuntimeConfig, to_dict
-from duel.data.augment import rand_augment_ops, ssl_augmentation
-from duel.data.datasets import Batch, IndexedImages
+from duel.data.augment import rand_augment_ops
+from duel.data.datasets import Batch
 from duel.errors import ConfigError
 from duel.methods import DataInfo, build_method
-from duel.train import pretrain
-from duel.utils import seed_everything
 from duel.validation import parse_config
+from tests.test_train import train_tiny
 
 OPS = {name: (op, low, high) for name, op, low, high, _ in rand_augment_ops()}
 GREY = (125, 123, 114)  # [BCL] CutoutAbs `color`
@@ -204,20 +202,6 @@ def test_cutout_box_is_inclusive_and_clamped_on_the_far_side():
 def test_the_last_partial_batch_trains_and_updates_its_losses(tiny_source, tmp_path):
     """60 samples in batches of 8: 8 steps an epoch, the last of 4 images; every loss average is set."""
     cfg = parse_config({"pretrain": {"epochs": 1, "batch_size": 8, "proj_dim": 16}})
-    seed_everything(0)
-    dataset = IndexedImages(tiny_source.train, list(range(60)))
-    method = build_method("bcl", cfg.pretrain, DataInfo(1, len(dataset), 3))
-    augment = ssl_augmentation(cfg.pretrain.augment, 8, 1, [0.5], [0.25])
-    history, _ = pretrain(
-        method,
-        dataset,
-        augment,
-        cfg.pretrain,
-        RuntimeConfig(),
-        seed=0,
-        num_classes=3,
-        config=to_dict(cfg.pretrain),
-        checkpoint=tmp_path / "ck.pt",
-    )
+    method, history, _, _ = train_tiny(tiny_source, cfg.pretrain, tmp_path / "ck.pt", "bcl")
     assert len(history) == 8
     assert not method.memo_loss.isnan().any()

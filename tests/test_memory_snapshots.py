@@ -9,18 +9,14 @@ import numpy as np
 import pytest
 import torch
 
-from duel.config import RuntimeConfig, to_dict
-from duel.data.augment import ssl_augmentation
-from duel.data.datasets import IndexedImages
+from duel.config import RuntimeConfig
 from duel.errors import ConfigError
-from duel.methods import DataInfo, build_method
 from duel.snapshots import MemorySnapshots
-from duel.train import pretrain, unaugmented_keys
-from duel.utils import seed_everything
+from duel.train import unaugmented_keys
 from duel.validation import validate_pretrain
 from pipeline.report import plot_memory_snapshots
 from tests.test_cli import project, run_stage, set_params  # noqa: F401 (project: a fixture)
-from tests.test_train import Interrupt
+from tests.test_train import Interrupt, train_tiny
 
 # 60 images, batches of 8: 7 steps (56 pushes) an epoch; a memory of 80 holds its last 10 steps' keys, so
 # the last pushes at an epoch's end reach back into the epoch before (and across a checkpoint).
@@ -33,32 +29,10 @@ def snapshot_config(cfg, epochs: list[int]):
 
 
 def train(source, cfg, checkpoint, epochs=(1, 2, 3), method="dmoco", resume=False, stop_at_step=None):
-    seed_everything(0)
-    dataset = IndexedImages(source.train, list(range(60)))
-    pre = snapshot_config(cfg, list(epochs))
-    model = build_method(method, pre, DataInfo(1, len(dataset), 3))
-    augment = ssl_augmentation(pre.augment, 8, 1, [0.5], [0.25])
     snapshots = MemorySnapshots(display_images=25)
-
-    def on_step(record):
-        if record["step"] == stop_at_step:
-            raise Interrupt
-
-    history, _ = pretrain(
-        model,
-        dataset,
-        augment,
-        pre,
-        RuntimeConfig(),
-        seed=0,
-        num_classes=3,
-        config=to_dict(pre),
-        checkpoint=checkpoint,
-        resume=resume,
-        on_step=on_step,
-        snapshots=snapshots,
-    )
-    return model, history, snapshots, (dataset, augment)
+    pre = snapshot_config(cfg, list(epochs))
+    model, history, _, data = train_tiny(source, pre, checkpoint, method, resume, stop_at_step, snapshots=snapshots)
+    return model, history, snapshots, data
 
 
 @pytest.mark.parametrize("method", ["moco", "dmoco"])

@@ -9,19 +9,16 @@ import pytest
 import torch
 from torch import nn
 
-from duel.config import OnlineEvalConfig, RuntimeConfig, to_dict
-from duel.data.augment import ssl_augmentation
+from duel.config import OnlineEvalConfig
+from duel.data.augment import normalizer
 from duel.data.datasets import IndexedImages
 from duel.errors import DuelError
 from duel.eval.features import extract_features
 from duel.eval.groups import group_accuracies
 from duel.eval.knn import knn_predict
 from duel.eval.online import OnlineKNN, bank_indices, curve_summary
-from duel.methods import DataInfo, build_method
-from duel.train import pretrain
-from duel.utils import seed_everything
 from pipeline.pretrain import online_monitor
-from tests.test_train import Interrupt
+from tests.test_train import Interrupt, train_tiny
 
 
 def online_knn(source) -> OnlineKNN:
@@ -30,29 +27,14 @@ def online_knn(source) -> OnlineKNN:
 
 
 def train(source, cfg, checkpoint, monitor=True, resume=False, stop_at_step=None, every=1):
-    seed_everything(0)
-    dataset = IndexedImages(source.train, list(range(60)))
-    method = build_method("dmoco", cfg.pretrain, DataInfo(1, len(dataset), 3))
-    augment = ssl_augmentation(cfg.pretrain.augment, 8, 1, [0.5], [0.25])
-    online, logged = online_knn(source), []
-
-    def on_step(record):
-        if record["step"] == stop_at_step:
-            raise Interrupt
-
-    history, _ = pretrain(
-        method,
-        dataset,
-        augment,
+    online, logged, normalize = online_knn(source), [], normalizer([0.5], [0.25])  # the augmentation's last step
+    method, history, _, (_, augment) = train_tiny(
+        source,
         cfg.pretrain,
-        RuntimeConfig(),
-        seed=0,
-        num_classes=3,
-        config=to_dict(cfg.pretrain),
-        checkpoint=checkpoint,
+        checkpoint,
         resume=resume,
-        on_step=on_step,
-        monitor=(lambda m: online(m.backbone, augment[-1], "cpu")) if monitor else None,
+        stop_at_step=stop_at_step,
+        monitor=(lambda m: online(m.backbone, normalize, "cpu")) if monitor else None,
         monitor_every=every,
         on_monitor=logged.append,
     )

@@ -20,29 +20,39 @@ class Interrupt(Exception):
     pass
 
 
-def run(tiny_source, cfg, checkpoint, resume=False, stop_at_step=None, name="dmoco", runtime=None):
+def train_tiny(source, pre, checkpoint, name="dmoco", resume=False, stop_at_step=None, runtime=None, **kwargs):
+    """`name` trained from seed 0 on the tiny source's first 60 images under the pretrain section `pre`,
+    killed (Interrupt) at `stop_at_step`; `kwargs` go to `pretrain`. The method, its history and
+    diagnostics, and the dataset and augmentation it trained on."""
     seed_everything(0)
-    dataset = IndexedImages(tiny_source.train, list(range(60)))
-    method = build_method(name, cfg.pretrain, DataInfo(1, len(dataset), 3))
-    augment = ssl_augmentation(cfg.pretrain.augment, 8, 1, [0.5], [0.25])
+    dataset = IndexedImages(source.train, list(range(60)))
+    method = build_method(name, pre, DataInfo(1, len(dataset), 3))
+    augment = ssl_augmentation(pre.augment, 8, 1, [0.5], [0.25])
 
     def on_step(record):
         if record["step"] == stop_at_step:
-            raise Interrupt  # a kill in the middle of epoch 2, after the epoch-1 checkpoint
+            raise Interrupt  # e.g. a kill in the middle of epoch 2, after the epoch-1 checkpoint
 
     history, diagnostics = pretrain(
         method,
         dataset,
         augment,
-        cfg.pretrain,
+        pre,
         runtime or RuntimeConfig(),
         seed=0,
         num_classes=3,
-        config=to_dict(cfg.pretrain),
+        config=to_dict(pre),
         checkpoint=checkpoint,
         resume=resume,
         on_step=on_step,
-        class_counts=[40, 20, 0],
+        **kwargs,
+    )
+    return method, history, diagnostics, (dataset, augment)
+
+
+def run(tiny_source, cfg, checkpoint, resume=False, stop_at_step=None, name="dmoco", runtime=None):
+    method, history, diagnostics, _ = train_tiny(
+        tiny_source, cfg.pretrain, checkpoint, name, resume, stop_at_step, runtime, class_counts=[40, 20, 0]
     )
     method.diagnostics = diagnostics
     return method, history
