@@ -222,7 +222,8 @@ def plot_online(curves: pd.DataFrame, cfg: StudyConfig, axis: str, path: Path) -
     mean ± std over the LT draws and seeds as a band."""
     settings = cfg.sweep.imbalance
     rows = [c for c in CURVES if f"{c}_mean" in curves]
-    fig, axes = plt.subplots(len(rows), len(settings), figsize=(4 * len(settings), 3.3 * len(rows)), squeeze=False)
+    size = (max(4 * len(settings), 6), 3.3 * len(rows) + 0.6)
+    fig, axes = plt.subplots(len(rows), len(settings), figsize=size, squeeze=False, layout="constrained")
     for (i, column), (j, imbalance) in itertools.product(enumerate(rows), enumerate(settings)):
         ax = axes[i, j]
         for n, row in enumerate(table_rows(cfg)):
@@ -235,7 +236,8 @@ def plot_online(curves: pd.DataFrame, cfg: StudyConfig, axis: str, path: Path) -
         ax.set(title=f"{axis}={setting(imbalance)}, {CURVES[column]}", xlabel="training step")
         ax.grid(alpha=0.3)
         axes[i, 0].set_ylabel("online kNN top-1, validation (%)")
-    axes[0, -1].legend(fontsize=8)
+    handles, labels = axes[0, 0].get_legend_handles_labels()
+    fig.legend(handles, labels, loc="outside lower center", ncol=min(len(labels), 4), fontsize=8)
     runs = len(cfg.sweep.draws) * len(cfg.sweep.seeds)
     fig.suptitle(f"Accuracy over training: mean ± std over {runs} runs (LT draws x seeds)" if runs > 1 else "")
     save_figure(fig, path)
