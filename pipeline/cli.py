@@ -11,6 +11,7 @@ import importlib
 import signal
 import sys
 from collections.abc import Callable
+from pathlib import Path
 from types import ModuleType
 from typing import Annotated, Any
 
@@ -88,11 +89,38 @@ def report(params: ParamsOption = PARAMS) -> None:
     stage("report").report(read_params(params))
 
 
+def launch(
+    targets: Annotated[
+        list[str] | None, typer.Argument(help="stages or outputs to bring up to date, as `dvc repro` takes them")
+    ] = None,
+    address: Annotated[
+        str | None,
+        typer.Option(help="a running Ray cluster (host:port of its head, or auto); default: a local instance"),
+    ] = None,
+    simulate: Annotated[
+        Path | None,
+        typer.Option(
+            help="a YAML file of stage: seconds; each instance holds its resources that long and runs "
+            "nothing, records nothing (a dry run of the schedule)"
+        ),
+    ] = None,
+) -> None:
+    """Run every stale stage instance of dvc.yaml as Ray tasks, in parallel where the graph and the cluster's
+    CPUs and GPUs allow, each recorded in dvc.lock by DVC as it finishes (docs/cluster.md)."""
+    try:
+        stage("launch").launch(targets or [], address, simulate)
+    except StageKilled as exc:
+        raise DuelError(
+            f"launch stopped by {exc}; the stages it recorded are kept: run it again to finish the rest"
+        ) from None
+
+
 COMMANDS: dict[str, Callable[..., Any]] = {
     "prepare": prepare,
     "pretrain": pretrain,
     "probe": probe,
     "report": report,
+    "launch": launch,
     "use-profile": use_profile,
     "ui": ui,
 }

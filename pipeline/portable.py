@@ -37,15 +37,19 @@ def params_path(argv: list[str]) -> Path:
     return Path("params.yaml")
 
 
-def apply(argv: list[str]) -> None:
-    """Set the portable environment when the stage's params ask for it. A missing or broken file
-    does nothing here: the stage itself reports it in one line."""
+def environment(argv: list[str]) -> dict[str, str]:
+    """The variables the stage's params ask for (none without `runtime.portable: true`). A missing or
+    broken file asks for none here: the stage itself reports it in one line."""
     try:
         runtime = (yaml.safe_load(params_path(argv).read_text()) or {}).get("runtime") or {}
     except (OSError, yaml.YAMLError, AttributeError):
-        return
+        return {}
     if runtime.get("portable") is not True:
-        return
-    os.environ.update(PORTABLE_ENV)
+        return {}
     threads = runtime.get("threads")
-    os.environ.update(dict.fromkeys(THREAD_ENV, str(threads if isinstance(threads, int) and threads > 0 else 1)))
+    return PORTABLE_ENV | dict.fromkeys(THREAD_ENV, str(threads if isinstance(threads, int) and threads > 0 else 1))
+
+
+def apply(argv: list[str]) -> None:
+    """Set the portable environment in this process when the stage's params ask for it."""
+    os.environ.update(environment(argv))

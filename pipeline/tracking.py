@@ -30,6 +30,14 @@ PROJECT_ROOT = Path(__file__).resolve().parents[1]
 # MLflow's own record that the experiment holds model-training runs, not GenAI traces (the UI's mode itself is
 # set by the address `python -m pipeline ui` prints: pipeline/ui.py).
 EXPERIMENT_KIND, TRAINING = "mlflow.experimentKind", "custom_model_development"
+# Run tags from the environment: DVC's experiment name and baseline (a queued experiment), and the node and
+# attempt of an instance that `python -m pipeline launch` runs (pipeline/worker.py sets them).
+TAG_ENV = {
+    "dvc_exp_name": "DVC_EXP_NAME",
+    "dvc_baseline_rev": "DVC_EXP_BASELINE_REV",
+    "launch_node": "DUEL_LAUNCH_NODE",
+    "launch_attempt": "DUEL_LAUNCH_ATTEMPT",
+}
 STEP_FLUSH = 200  # per-step metrics are sent in batches: one SQLite write per 200 steps, not per step
 
 
@@ -109,10 +117,12 @@ class StageRun:
             self.client = mlflow.MlflowClient()
             experiment_id = self._experiment_id(local)
         tags = {"stage": self.stage, "params_hash": self.params_hash}
-        for tag, var in (("dvc_exp_name", "DVC_EXP_NAME"), ("dvc_baseline_rev", "DVC_EXP_BASELINE_REV")):
+        for tag, var in TAG_ENV.items():
             if os.environ.get(var):
                 tags[tag] = os.environ[var]
-        run_id = self._unfinished_run(experiment_id) if self.resume else None
+        # A launched instance that Ray retries after its node was lost carries on its first attempt's run.
+        retried = int(os.environ.get(TAG_ENV["launch_attempt"], "1")) > 1
+        run_id = self._unfinished_run(experiment_id) if self.resume or retried else None
         self.run = mlflow.start_run(run_id=run_id, experiment_id=experiment_id, run_name=self.name, tags=tags)
         if run_id is None:
             mlflow.log_params({k: str(v) for k, v in flatten(self.config).items()})
