@@ -100,8 +100,9 @@ def launch(
     simulate: Annotated[
         Path | None,
         typer.Option(
-            help="a YAML file of stage: seconds; each instance holds its resources that long and runs "
-            "nothing, records nothing (a dry run of the schedule)"
+            help="a YAML file of seconds per stage (pretrain: 30) or per pattern of instance names "
+            "(pretrain@sdclr-*: 45, the first match wins): each instance holds its resources that long, "
+            "and nothing runs or is recorded (a dry run of the schedule)"
         ),
     ] = None,
 ) -> None:

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import logging
 import os
 import signal
 import socket
@@ -85,8 +86,9 @@ def stage_options(args: list[str]) -> tuple[str, dict[str, Any]] | None:
 
 
 def demand(cmd: str) -> Demand:
-    """A stage's resources from its own params: `runtime.threads` CPUs; a pretrain on CUDA the GPUs of its
-    `pretrain.nproc_per_node` processes (on one node), a probe on CUDA one GPU; anything else one CPU."""
+    """A stage's resources from its own params: per process `runtime.threads` CPUs (1 when null) and its
+    `runtime.num_workers` data loaders; a pretrain on CUDA the GPUs of its `pretrain.nproc_per_node`
+    processes (on one node), a probe on CUDA one GPU; a command of another program one CPU."""
     import shlex
 
     from duel.config import for_method
@@ -97,7 +99,7 @@ def demand(cmd: str) -> Demand:
         return Demand(1, 0, subprocess_only=True)
     command, options = parsed
     cfg = read_params(Path(options.get("params") or "params.yaml"))
-    threads = cfg.runtime.threads or 1
+    threads = (cfg.runtime.threads or 1) + cfg.runtime.num_workers
     cuda = cfg.runtime.device.startswith("cuda")
     if command == "pretrain":
         nproc = for_method(cfg.pretrain, options["method"]).nproc_per_node
@@ -116,7 +118,8 @@ class Instance:
     devices: list[str] = field(default_factory=list)
     attempts: int = 0
     seconds: float = 0.0
-    started: float = 0.0
+    submitted: float = 0.0  # when the driver handed it to Ray
+    task: dict[str, Any] = field(default_factory=dict)  # the last attempt's record (node, devices, started, ended)
     error: str = ""
 
     @property
@@ -177,8 +180,6 @@ def connect(address: str | None) -> Any:
         import ray
     except ImportError:
         raise DuelError(RAY_MISSING) from None
-    import logging
-
     options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
     if address is None:
         # address="local": always a new instance, never a cluster an earlier run left behind.
@@ -229,7 +230,8 @@ def worker_env(root: Path, cmd: str) -> dict[str, str]:
 
 
 def load_costs(path: Path) -> dict[str, float]:
-    """`--simulate`: seconds per stage (prepare, pretrain, probe, report, ...)."""
+    """`--simulate`: seconds per instance, keyed by stage (`pretrain`) or by a pattern of instance names
+    (`pretrain@sdclr-*`)."""
     try:
         costs = yaml.safe_load(path.read_text())
     except (OSError, yaml.YAMLError) as exc:
@@ -237,6 +239,15 @@ def load_costs(path: Path) -> dict[str, float]:
     if not isinstance(costs, dict) or not all(isinstance(v, int | float) and v >= 0 for v in costs.values()):
         raise DuelError(f"--simulate {path}: not a mapping of stage name to seconds, e.g. {{pretrain: 10}}")
     return {str(k): float(v) for k, v in costs.items()}
+
+
+def cost(costs: dict[str, float], name: str) -> float:
+    """An instance's simulated seconds: the first key (in the file's order) that matches its name, a
+    stage's name matching all its instances; 0 when none does."""
+    from fnmatch import fnmatchcase
+
+    stage = name.split("@")[0]
+    return next((v for k, v in costs.items() if k == stage or fnmatchcase(name, k)), 0.0)
 
 
 class Launch:
@@ -278,15 +289,17 @@ class Launch:
         status.unlink(missing_ok=True)
         options = {"num_cpus": inst.demand.cpus, "num_gpus": inst.demand.gpus, "max_retries": SYSTEM_RETRIES}
         if self.costs is not None:
-            task = ray.remote(worker.simulate_instance).options(**options)
-            ref = task.remote(inst.name, self.costs.get(inst.kind, 0.0), str(status))
+            # A sleep touches no GPU: its worker is reused, so the schedule is timed without the start-up
+            # of the fresh worker each real GPU instance gets (seconds, against its minutes or hours).
+            task = ray.remote(worker.simulate_instance).options(**options, max_calls=0)
+            ref = task.remote(inst.name, cost(self.costs, inst.name), str(status))
         else:
             options["runtime_env"] = {"env_vars": worker_env(self.root, inst.stage.cmd)}
             task = ray.remote(worker.run_instance).options(**options, retry_exceptions=False)
             ref = task.remote(
                 str(self.root), inst.name, inst.stage.cmd, str(log), str(status), inst.demand.subprocess_only
             )
-        inst.state, inst.started = RUNNING, time.time()
+        inst.state, inst.submitted = RUNNING, time.time()
         self.tasks[ref] = inst
 
     def start_ready(self, ray: Any) -> None:
@@ -330,8 +343,9 @@ class Launch:
             result = ray.get(ref)
         except Exception as exc:  # the task could not be run: its worker or node lost past every retry
             inst.state, inst.error = FAILED, str(exc).strip().splitlines()[-1]
-            inst.seconds = time.time() - inst.started
+            inst.seconds = time.time() - inst.submitted
             return inst
+        inst.task = result
         inst.node, inst.devices, inst.attempts = result["node"], result["devices"], result["attempt"]
         inst.seconds = result["seconds"]
         if result["code"] != 0:
@@ -348,8 +362,8 @@ class Launch:
     def running_info(self, inst: Instance) -> None:
         """Node and attempt of a running instance, from the status file its task writes when it starts."""
         with contextlib.suppress(OSError, ValueError):
-            status = json.loads(self.paths(inst)[1].read_text())
-            inst.node, inst.attempts, inst.devices = status["node"], status["attempt"], status["devices"]
+            inst.task = json.loads(self.paths(inst)[1].read_text())
+            inst.node, inst.attempts, inst.devices = inst.task["node"], inst.task["attempt"], inst.task["devices"]
 
     def run(self, ray: Any, progress: Progress) -> None:
         while True:
@@ -370,9 +384,12 @@ class Launch:
                 "outcome": i.state,
                 "node": i.node,
                 "devices": i.devices,
+                "visible": i.task.get("visible", ""),
                 "seconds": round(i.seconds, 3),
                 "attempts": i.attempts,
-                "started": i.started,
+                "submitted": i.submitted,
+                "started": i.task.get("started"),
+                "ended": i.task.get("ended"),
                 "error": i.error,
             }
             for i in self.instances.values()
@@ -421,7 +438,7 @@ class Progress:
                 if inst.kind not in ran:
                     return None
                 mean = sum(ran[inst.kind]) / len(ran[inst.kind])
-                left += max(0.0, mean - (now - inst.started)) if inst.state == RUNNING else mean
+                left += max(0.0, mean - (now - inst.task.get("started", now))) if inst.state == RUNNING else mean
                 lanes += inst.state == RUNNING
         return left / max(1, lanes)
 
@@ -449,7 +466,7 @@ class Progress:
                     inst.node or "(queued)",
                     ",".join(inst.devices),
                     str(inst.attempts or ""),
-                    clock(now - inst.started),
+                    clock(now - inst.task["started"]) if inst.task else "",
                 )
         return table
 
@@ -513,7 +530,8 @@ def launch(targets: list[str], address: str | None, simulate: Path | None) -> No
     """Run the stale stage instances of `targets` (all when none) on Ray; raise DuelError naming the failures."""
     from rich.console import Console
 
-    console = Console(stderr=True)
+    console = Console(stderr=True, soft_wrap=True)
+    logging.getLogger("dvc").setLevel(logging.WARNING)  # DVC's "Updating lock file" for every instance
     costs = load_costs(simulate) if simulate else None
     with repository() as repo:
         run = Launch(repo, plan(repo, targets), costs)

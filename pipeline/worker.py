@@ -51,7 +51,14 @@ def start_attempt(status: Path, name: str) -> dict[str, Any]:
     attempt = 1
     with contextlib.suppress(OSError, ValueError, KeyError):
         attempt = json.loads(status.read_text())["attempt"] + 1
-    record = {"stage": name, "node": node_label(), "devices": devices(), "attempt": attempt, "started": time.time()}
+    record = {
+        "stage": name,
+        "node": node_label(),
+        "devices": devices(),
+        "visible": os.environ.get("CUDA_VISIBLE_DEVICES", ""),  # what the stage's CUDA sees: the same
+        "attempt": attempt,
+        "started": time.time(),
+    }
     status.parent.mkdir(parents=True, exist_ok=True)
     tmp = status.with_suffix(".tmp")
     tmp.write_text(json.dumps(record))
@@ -161,7 +168,7 @@ def run_instance(root: str, name: str, cmd: str, log: str, status: str, subproce
             # As DVC runs a command: through the shell, `python` the environment's interpreter.
             path = f"{Path(sys.executable).parent}{os.pathsep}{os.environ.get('PATH', '')}"
             code = subprocess.run(cmd, shell=True, cwd=root, env={**os.environ, "PATH": path}).returncode
-    return {**record, "code": code, "seconds": time.perf_counter() - tic}
+    return {**record, "code": code, "seconds": time.perf_counter() - tic, "ended": time.time()}
 
 
 def simulate_instance(name: str, seconds: float, status: str) -> dict[str, Any]:

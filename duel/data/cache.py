@@ -66,7 +66,8 @@ def _pack(images: ImageSet | None) -> dict[str, torch.Tensor] | None:
 
 
 def _unpack(saved: dict[str, torch.Tensor] | None) -> ImageSet | None:
-    return None if saved is None else ImageSet(saved["labels"].numpy(), images=saved["images"])
+    # Copies: the entry stays in this process (`_READ`) for the next stage, whatever this one does to its data.
+    return None if saved is None else ImageSet(saved["labels"].numpy().copy(), images=saved["images"].clone())
 
 
 def _write(path: Path, source: SourceData) -> None:
@@ -86,8 +87,17 @@ def _write(path: Path, source: SourceData) -> None:
         Path(tmp).unlink(missing_ok=True)
 
 
+# The entry this process read last: a long-lived worker (`python -m pipeline launch`) runs one stage after
+# another on the same source and reads it from disk once. An entry's path names its contents.
+_READ: dict[Path, dict[str, Any]] = {}
+
+
 def _read(path: Path) -> SourceData:
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = _READ.get(path)
+    if state is None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        _READ.clear()
+        _READ[path] = state
     val = state["val_indices"]
     return SourceData(
         state["name"],
