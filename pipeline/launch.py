@@ -180,7 +180,8 @@ def connect(address: str | None) -> Any:
         import ray
     except ImportError:
         raise DuelError(RAY_MISSING) from None
-    options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.WARNING}
+    # ERROR: a local instance announces its start and its token at WARNING, noise beside the progress.
+    options: dict[str, Any] = {"log_to_driver": False, "logging_level": logging.ERROR}
     if address is None:
         # address="local": always a new instance, never a cluster an earlier run left behind.
         ray.init(address="local", include_dashboard=False, object_store_memory=128 * 2**20, **options)
@@ -291,7 +292,7 @@ class Launch:
         if self.costs is not None:
             # A sleep touches no GPU: its worker is reused, so the schedule is timed without the start-up
             # of the fresh worker each real GPU instance gets (seconds, against its minutes or hours).
-            task = ray.remote(worker.simulate_instance).options(**options, max_calls=0)
+            task = ray.remote(max_calls=0)(worker.simulate_instance).options(**options)
             ref = task.remote(inst.name, cost(self.costs, inst.name), str(status))
         else:
             options["runtime_env"] = {"env_vars": worker_env(self.root, inst.stage.cmd)}

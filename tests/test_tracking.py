@@ -171,3 +171,25 @@ def test_make_ui_prints_the_runs_table_and_serves_it(tmp_path):
     finally:
         os.killpg(ui.pid, signal.SIGKILL)
         ui.wait(timeout=30)
+
+
+def test_a_stage_ray_retries_carries_on_its_first_attempts_run_with_its_node_and_attempt(tmp_path, monkeypatch):
+    """A probe whose node was lost mid-run: the launcher's retry (attempt 2) reopens the run the first
+    attempt left unfinished, so the instance keeps one MLflow run; a new first attempt starts its own."""
+    uri = f"sqlite:///{tmp_path / 'store.db'}"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("DUEL_LAUNCH_NODE", "127.0.0.1/aaaa0000")
+    monkeypatch.setenv("DUEL_LAUNCH_ATTEMPT", "1")
+    lost = tracking.StageRun("probe", "probe@moco-10-lt-0-0", {"i": 1}, "retries").__enter__()
+    mlflow.end_run("RUNNING")  # the worker died: the run was never closed
+    monkeypatch.setenv("DUEL_LAUNCH_NODE", "127.0.0.1/bbbb1111")
+    monkeypatch.setenv("DUEL_LAUNCH_ATTEMPT", "2")
+    with tracking.StageRun("probe", "probe@moco-10-lt-0-0", {"i": 1}, "retries") as retry:
+        pass
+    assert retry.run.info.run_id == lost.run.info.run_id
+    tags = mlflow.MlflowClient(uri).get_run(retry.run.info.run_id).data.tags
+    assert (tags["launch_node"], tags["launch_attempt"]) == ("127.0.0.1/bbbb1111", "2")
+    monkeypatch.setenv("DUEL_LAUNCH_ATTEMPT", "1")
+    with tracking.StageRun("probe", "probe@moco-10-lt-0-0", {"i": 1}, "retries") as fresh:
+        pass
+    assert fresh.run.info.run_id != lost.run.info.run_id
