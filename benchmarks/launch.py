@@ -2,7 +2,7 @@
 paper-scale study simulated on 1, 8 and 32 GPUs.
 
     python benchmarks/launch.py study                   # dvc repro, then launch, each in a fresh clone of HEAD
-    python benchmarks/launch.py schedule [--scale 0.5]  # launch --simulate of two paper profiles' graphs
+    python benchmarks/launch.py schedule                # launch --simulate of two paper profiles' graphs
 
 `study` runs the default study twice, back to back, each in its own clone of this checkout's HEAD with this
 environment's Python and an empty source cache: once with `dvc repro`, once with `python -m pipeline
@@ -12,15 +12,19 @@ of the two walls, and whether the tables agree apart from their timing columns.
 
 `schedule` applies a profile (cifar10_lt_reference, cifar100_lt) in a clone and runs `launch --simulate` on
 a Ray cluster of this machine's processes that declares the GPUs: each stage instance holds the resources
-it would ask for (a pretrain or probe on CUDA: a GPU) for its estimated GPU cost in minutes times
-`--scale` seconds, and runs nothing. It compares the makespan (first submission to last end) with the
-ideal, max(critical path, GPU work / GPUs), and with one instance at a time (`dvc repro`: the sum).
-The estimates (COSTS, minutes on one GPU) are set out in docs/benchmarks.md.
+it would ask for (a pretrain or probe on CUDA: a GPU) for its estimated GPU cost in minutes times a scale
+(SCALES: seconds per minute), and runs nothing. It compares the makespan (first submission to last end)
+with one instance at a time (`dvc repro`: the sum), with the ideal, max(critical path, GPU work / GPUs),
+and with the same order scheduled with no overhead at all ("list"); "ramp" is the time until every GPU
+has started its first instance and "gaps" a GPU's mean idle time between instances after that. The
+estimates (minutes on one GPU) are set out beside PRETRAIN_MINUTES below and in docs/benchmarks.md.
 """
 
 from __future__ import annotations
 
 import argparse
+import heapq
+import itertools
 import json
 import os
 import shutil
@@ -122,15 +126,36 @@ def critical_path(graph, cost: dict[str, float]) -> float:
 
     def finish(stage) -> float:
         if stage not in longest:
-            longest[stage] = cost[stage.addressing] + max((finish(up) for up in graph.successors(stage)), default=0)
+            longest[stage] = cost[stage.name] + max((finish(up) for up in graph.successors(stage)), default=0)
         return longest[stage]
 
     return max(finish(stage) for stage in graph)
 
 
+def list_schedule(order: list[str], ups: dict[str, list[str]], cost: dict[str, float], gpus: int) -> float:
+    """The makespan of `order` with no overhead at all: each GPU instance, as soon as its upstream is done,
+    takes a free GPU in that order (CPU stages never wait)."""
+    done: set[str] = set()
+    running: list[tuple[float, str, bool]] = []
+    pending, now, free = list(order), 0.0, gpus
+    while pending or running:
+        for name in [n for n in pending if all(u in done for u in ups[n])]:
+            gpu = name.split("@")[0] in ("pretrain", "probe")
+            if gpu and not free:
+                continue
+            free -= gpu
+            pending.remove(name)
+            heapq.heappush(running, (now + cost[name], name, gpu))
+        now, name, gpu = heapq.heappop(running)
+        done.add(name)
+        free += gpu
+    return now
+
+
 def simulate(profile: str, gpus_per_node: int, nodes: int, scale: float) -> dict[str, float]:
     """One simulated launch of `profile` on `nodes` x `gpus_per_node` declared GPUs."""
     from dvc.repo import Repo
+    from dvc.repo.reproduce import collect_stages, get_active_graph, plan_repro
     from ray.cluster_utils import Cluster
 
     path = clone("duel-schedule-")
@@ -138,8 +163,11 @@ def simulate(profile: str, gpus_per_node: int, nodes: int, scale: float) -> dict
     subprocess.run([sys.executable, "-m", "pipeline", "use-profile", profile], cwd=path, env=env, check=True)
     with Repo(str(path)) as repo:
         graph = repo.index.graph
-        cost = {stage.addressing: minutes(stage.addressing, profile) * scale for stage in graph}
+        cost = {stage.name: minutes(stage.name, profile) * scale for stage in graph}
         crit = critical_path(graph, cost)
+        order = [s.name for s in plan_repro(get_active_graph(graph), collect_stages(repo, [str(path / "dvc.yaml")]))]
+        ups = {s.name: [u.name for u in graph.successors(s)] for s in graph}
+    gpus = gpus_per_node * nodes
     gpu_work = sum(v for k, v in cost.items() if k.split("@")[0] in ("pretrain", "probe"))
     costs = path / "costs.yaml"
     costs.write_text(yaml.safe_dump(cost))
@@ -149,7 +177,8 @@ def simulate(profile: str, gpus_per_node: int, nodes: int, scale: float) -> dict
     )
     try:
         for _ in range(nodes):
-            cluster.add_node(num_cpus=8 * gpus_per_node, num_gpus=gpus_per_node, node_ip_address="127.0.0.1")
+            # a CPU per GPU instance (the profiles ask for one) and two for the CPU stages
+            cluster.add_node(num_cpus=gpus_per_node + 2, num_gpus=gpus_per_node, node_ip_address="127.0.0.1")
         command = [sys.executable, "-m", "pipeline", "launch", "--simulate", str(costs), "--address", cluster.address]
         proc = subprocess.run(command, cwd=path, env=env, capture_output=True, text=True)
         if proc.returncode != 0:
@@ -157,44 +186,54 @@ def simulate(profile: str, gpus_per_node: int, nodes: int, scale: float) -> dict
     finally:
         cluster.shutdown()
     done = json.loads((path / "logs/launch/summary.json").read_text())["instances"]
-    makespan = max(i["ended"] for i in done) - min(i["submitted"] for i in done)
     shutil.rmtree(path, ignore_errors=True)
-    gpus = gpus_per_node * nodes
+    t0 = min(i["submitted"] for i in done)
+    by_gpu: dict[tuple[str, str], list[tuple[float, float]]] = {}
+    for i in done:
+        for device in i["devices"]:
+            by_gpu.setdefault((i["node"], device), []).append((i["started"], i["ended"]))
+    spans = [sorted(v) for v in by_gpu.values()]
     return {
         "instances": len(done),
         "serial": sum(cost.values()),
         "ideal": max(crit, gpu_work / gpus),
-        "critical": crit,
-        "makespan": makespan,
+        "list": list_schedule(order, ups, cost, gpus),
+        "makespan": max(i["ended"] for i in done) - t0,
+        # until every GPU ran its first instance: Ray starting a worker process per GPU on this machine
+        "ramp": max(s[0][0] for s in spans) - t0 if len(spans) == gpus else float("nan"),
+        # a GPU waiting between one instance's end and the next one's start, on average per GPU
+        "gaps": sum(b[0] - a[1] for s in spans for a, b in itertools.pairwise(s)) / gpus,
     }
 
 
-def schedule(scale: float) -> None:
-    print(f"one GPU-minute = {scale:g} s of simulation")
-    head = f"{'GPUs':>5} {'instances':>9} {'one at a time':>13} {'ideal':>7} {'makespan':>8} {'/ ideal':>7}"
-    print(f"{'profile':>20} {head}")
+# Seconds of simulation per GPU-minute: one GPU runs the whole study (minutes); 8 and 32 share it, and at
+# a larger scale the start of Ray's worker processes on this machine weighs less against the schedule.
+SCALES = {1: 0.25, 8: 1.0, 32: 1.0}
+
+
+def schedule() -> None:
+    head = " ".join(f"{c:>9}" for c in ("s/min", "one/time", "ideal", "list", "makespan", "/ ideal", "ramp", "gaps"))
+    print(f"{'profile':>20} {'GPUs':>4} {'inst':>4} {head}")
     for profile in ("cifar10_lt_reference", "cifar100_lt"):
         for gpus, nodes in ((1, 1), (8, 1), (8, 4)):
+            scale = SCALES[gpus * nodes]
             r = simulate(profile, gpus, nodes, scale)
-            print(
-                f"{profile:>20} {gpus * nodes:>5} {r['instances']:>9} {r['serial']:>12.1f}s {r['ideal']:>6.1f}s "
-                f"{r['makespan']:>7.1f}s {r['makespan'] / r['ideal']:>7.3f}",
-                flush=True,
-            )
+            cells = [scale, r["serial"], r["ideal"], r["list"], r["makespan"], r["makespan"] / r["ideal"]]
+            cells += [r["ramp"], r["gaps"]]
+            print(f"{profile:>20} {gpus * nodes:>4} {r['instances']:>4} " + " ".join(f"{c:>9.2f}" for c in cells))
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     sub = parser.add_subparsers(dest="part", required=True)
     sub.add_parser("study", help="the default study: dvc repro against launch")
-    sim = sub.add_parser("schedule", help="paper profiles' graphs simulated on 1, 8 and 32 GPUs")
-    sim.add_argument("--scale", type=float, default=0.25, help="seconds of simulation per GPU-minute")
+    sub.add_parser("schedule", help="paper profiles' graphs simulated on 1, 8 and 32 GPUs")
     args = parser.parse_args()
     if args.part == "study":
         study()
     else:
         os.environ.update(LOOPBACK)  # before Ray is imported: the simulated cluster on 127.0.0.1 alone
-        schedule(args.scale)
+        schedule()
 
 
 if __name__ == "__main__":
