@@ -118,6 +118,7 @@ class Instance:
     devices: list[str] = field(default_factory=list)
     attempts: int = 0
     seconds: float = 0.0
+    stale: bool = False  # found stale when its upstream was recorded, and not in the run cache
     submitted: float = 0.0  # when the driver handed it to Ray
     task: dict[str, Any] = field(default_factory=dict)  # the last attempt's record (node, devices, started, ended)
     error: str = ""
@@ -224,7 +225,8 @@ def worker_env(root: Path, cmd: str) -> dict[str, str]:
     the tracking server, and what `runtime.portable` must fix before torch loads."""
     import shlex
 
-    env = {"PYTHONPATH": str(root), **environment(shlex.split(cmd)[3:])}
+    args = shlex.split(cmd)
+    env = {"PYTHONPATH": str(root), **(environment(args[3:]) if args[:3] == ["python", "-m", "pipeline"] else {})}
     if os.environ.get("MLFLOW_TRACKING_URI"):
         env["MLFLOW_TRACKING_URI"] = os.environ["MLFLOW_TRACKING_URI"]
     return env
@@ -304,9 +306,14 @@ class Launch:
         self.tasks[ref] = inst
 
     def start_ready(self, ray: Any) -> None:
-        """Submit, in DVC's order, every waiting instance whose upstream is recorded."""
+        """Submit, in DVC's order, every waiting instance whose upstream is recorded, as far as the cluster
+        has room beside what Ray already holds: an instance goes to Ray when it can start, so instances
+        start in DVC's order, not in the order Ray's queue would take them."""
         from dvc.stage.cache import RunCacheNotFoundError
 
+        total = ray.cluster_resources()
+        cpus = sum(i.demand.cpus for i in self.tasks.values())
+        gpus = sum(i.demand.gpus for i in self.tasks.values())
         for inst in self.instances.values():
             if inst.state != WAITING:
                 continue
@@ -318,20 +325,27 @@ class Launch:
                 continue
             if not all(up.state in FINISHED for up in ups):
                 continue
-            if self.costs is not None:
-                self.submit(ray, inst)
-            elif not inst.stage.changed():
-                inst.state = UP_TO_DATE
-            else:
+            if self.costs is None and not inst.stale:  # decided once, when its upstream is recorded
+                if not inst.stage.changed():
+                    inst.state = UP_TO_DATE
+                    continue
                 # As `dvc repro` runs a stale stage: its outputs removed, then the run cache tried first.
                 inst.stage.remove_outs(ignore_remove=False, force=False)
                 try:
                     self.repo.stage_cache.restore(inst.stage)
                 except RunCacheNotFoundError:
-                    self.submit(ray, inst)
+                    inst.stale = True
                 else:
                     self.record(inst)
                     inst.state = RESTORED
+                    continue
+            d = inst.demand
+            if cpus + d.cpus > total.get("CPU", 0) or gpus + d.gpus > total.get("GPU", 0):
+                if not self.tasks:  # nothing running will free room: nodes were lost since the start
+                    inst.state, inst.error = FAILED, f"needs {d}, more than the cluster has left"
+                continue
+            self.submit(ray, inst)
+            cpus, gpus = cpus + d.cpus, gpus + d.gpus
 
     def record(self, inst: Instance) -> None:
         """Record the instance's stage as `dvc commit` does: its deps, outs and dvc.lock entry."""
@@ -418,12 +432,14 @@ class Progress:
             self.live.__exit__(*exc)
 
     def counts(self) -> dict[str, int]:
-        states = [inst.state for inst in self.launch.instances.values()]
+        """Running: started on a node; waiting: for its upstream, or in Ray's queue for resources."""
+        instances = self.launch.instances.values()
+        running = sum(i.state == RUNNING and bool(i.task) for i in instances)
         return {
-            "done": sum(s in FINISHED for s in states),
-            "running": states.count(RUNNING),
-            "waiting": states.count(WAITING),
-            "failed": states.count(FAILED) + states.count(SKIPPED),
+            "done": sum(i.state in FINISHED for i in instances),
+            "running": running,
+            "waiting": sum(i.state in (WAITING, RUNNING) for i in instances) - running,
+            "failed": sum(i.state in (FAILED, SKIPPED) for i in instances),
         }
 
     def remaining(self) -> float | None:
