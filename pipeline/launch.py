@@ -177,6 +177,8 @@ def connect(address: str | None) -> Any:
     """Join the cluster at `address`, or start a local instance for this command alone; the ray module."""
     if address is None:
         os.environ.update(LOOPBACK_ONLY)  # read when Ray is imported
+        # Ray's default for a local instance, said explicitly: Ray then does not warn that it chose it.
+        os.environ.setdefault("RAY_AUTH_MODE", "token")
     try:
         import ray
     except ImportError:
@@ -443,19 +445,23 @@ class Progress:
         }
 
     def remaining(self) -> float | None:
-        """Seconds left: each unfinished instance costs the mean of its stage's finished runs, shared by
-        the instances running now; None until every stage still to run has finished once."""
+        """Seconds left: each unfinished instance costs the mean of its stage's finished runs (of all
+        finished runs while its stage has none), shared by the instances running now; None before any
+        instance has run."""
         ran: dict[str, list[float]] = {}
         for inst in self.launch.instances.values():
             if inst.state == DONE:
                 ran.setdefault(inst.kind, []).append(inst.seconds)
+        if not ran:
+            return None
+        everything = [s for seconds in ran.values() for s in seconds]
         left, now, lanes = 0.0, time.time(), 0
         for inst in self.launch.instances.values():
             if inst.state in (WAITING, RUNNING):
-                if inst.kind not in ran:
-                    return None
-                mean = sum(ran[inst.kind]) / len(ran[inst.kind])
-                left += max(0.0, mean - (now - inst.task.get("started", now))) if inst.state == RUNNING else mean
+                seconds = ran.get(inst.kind, everything)
+                mean = sum(seconds) / len(seconds)
+                started = inst.task.get("started", now)
+                left += max(0.0, mean - (now - started)) if inst.state == RUNNING else mean
                 lanes += inst.state == RUNNING
         return left / max(1, lanes)
 
@@ -548,7 +554,6 @@ def launch(targets: list[str], address: str | None, simulate: Path | None) -> No
     from rich.console import Console
 
     console = Console(stderr=True, soft_wrap=True)
-    logging.getLogger("dvc").setLevel(logging.WARNING)  # DVC's "Updating lock file" for every instance
     costs = load_costs(simulate) if simulate else None
     with repository() as repo:
         run = Launch(repo, plan(repo, targets), costs)
@@ -557,6 +562,8 @@ def launch(targets: list[str], address: str | None, simulate: Path | None) -> No
             console.print(f"all {len(run.instances)} stage instances are up to date")
             return
         ray = connect(address)
+        # After Ray's start, which configures logging: DVC's "Updating lock file" for every instance.
+        logging.getLogger("dvc").setLevel(logging.WARNING)
         try:
             check_cluster(ray, todo)
             nodes = machines(ray)
