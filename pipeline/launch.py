@@ -114,9 +114,6 @@ class Instance:
     demand: Demand
     upstream: list[str]
     state: str = WAITING
-    node: str = ""
-    devices: list[str] = field(default_factory=list)
-    attempts: int = 0
     seconds: float = 0.0
     stale: bool = False  # found stale when its upstream was recorded, and not in the run cache
     submitted: float = 0.0  # when the driver handed it to Ray
@@ -126,6 +123,18 @@ class Instance:
     @property
     def kind(self) -> str:
         return self.name.split("@")[0]
+
+    @property
+    def node(self) -> str:
+        return self.task.get("node", "")
+
+    @property
+    def devices(self) -> list[str]:
+        return self.task.get("devices", [])
+
+    @property
+    def attempts(self) -> int:
+        return self.task.get("attempt", 0)
 
 
 def plan(repo: Repo, targets: list[str]) -> list[Stage]:
@@ -363,7 +372,6 @@ class Launch:
             inst.seconds = time.time() - inst.submitted
             return inst
         inst.task = result
-        inst.node, inst.devices, inst.attempts = result["node"], result["devices"], result["attempt"]
         inst.seconds = result["seconds"]
         if result["code"] != 0:
             inst.state, inst.error = FAILED, f"exit {result['code']}"
@@ -380,7 +388,6 @@ class Launch:
         """Node and attempt of a running instance, from the status file its task writes when it starts."""
         with contextlib.suppress(OSError, ValueError):
             inst.task = json.loads(self.paths(inst)[1].read_text())
-            inst.node, inst.attempts, inst.devices = inst.task["node"], inst.task["attempt"], inst.task["devices"]
 
     def run(self, ray: Any, progress: Progress) -> None:
         while True:
