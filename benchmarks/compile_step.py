@@ -40,7 +40,7 @@ def variant_step(name: str, variant: str, cfg: PretrainConfig, images: torch.Ten
     optimizer = torch.optim.SGD(method.param_groups(), lr=0.01, momentum=0.9)
     positions = torch.arange(len(images))
     batch = Batch(images, torch.zeros_like(positions), positions, positions)
-    return lambda: training_step(method, augment, optimizer, batch, RuntimeConfig(), 0, 1, loss_module=loss_module)
+    return lambda: training_step(method, augment, optimizer, batch, RuntimeConfig(), (0, 1), loss_module=loss_module)
 
 
 def main() -> None:

@@ -85,7 +85,7 @@ def worker(args: argparse.Namespace) -> None:
         GATHER_SECONDS.clear()
         tic = time.perf_counter()
         training_step(
-            method, augment, optimizer, batch, RuntimeConfig(), i, args.warmup + args.steps, world, loss_module
+            method, augment, optimizer, batch, RuntimeConfig(), (i, args.warmup + args.steps), world, loss_module
         )
         if i >= args.warmup:
             steps.append(time.perf_counter() - tic)

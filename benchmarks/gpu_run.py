@@ -21,7 +21,7 @@ and (for the peer) lightly. Sections:
   the same slots and keys (scores: the largest difference);
 - `nccl`: `torch.distributed.run` with one process per GPU (at most 2) running 3 data-parallel dmoco
   steps on the nccl backend, the memories checked equal across ranks (gloo on a CPU);
-- `run`: pretraining (`duel.train.pretrain`) of moco, dmoco and dmoco_roll (`--run-methods`) on the
+- `run`: pretraining (`duel.engine.Trainer`) of moco, dmoco and dmoco_roll (`--run-methods`) on the
   `--data` image folder (train/<class>/, e.g. the JPEG copy of CIFAR-10) at rho_max 0.9, the profile's
   LT set, `--run-steps` steps each, seed 0: images/s, the late memory entropy against the stream's,
   the key staleness, the share of same-push evictions.
@@ -49,15 +49,18 @@ import torch
 import yaml
 from train_step import lightly_moco, median_seconds, ours
 
+from duel.callbacks import Checkpoint
+from duel.callbacks.rank_check import shared_state
 from duel.config import PretrainConfig, RuntimeConfig, StudyConfig, to_dict
 from duel.data.augment import ssl_augmentation
 from duel.data.datasets import Batch, IndexedImages
 from duel.data.longtail import build_manifest, pretraining_indices
 from duel.data.sources import load_source
 from duel.distributed import World
+from duel.engine import Trainer
 from duel.memory import ActiveMemory, class_entropy
 from duel.methods import METHODS, DataInfo, build_method
-from duel.train import _shared_state, data_parallel, pretrain, training_step
+from duel.train import data_parallel, training_step
 from duel.validation import parse_config
 
 TINY = {"backbone": "small_cnn", "batch_size": 8, "memory": {"size": 64}, "proj_dim": 16}
@@ -202,8 +205,8 @@ def rank_smoke(args: argparse.Namespace) -> None:
     positions = torch.arange(batch_size, device=here) + world.rank * batch_size
     batch = Batch(images, positions, positions, positions)
     for step in range(3):
-        training_step(method, augment, optimizer, batch, cfg.runtime, step, 3, world, loss_module)
-    world.check_same(_shared_state(method), 2)
+        training_step(method, augment, optimizer, batch, cfg.runtime, (step, 3), world, loss_module)
+    world.check_same(shared_state(method), 2)
     if world.is_main:
         print(f"3 data-parallel dmoco steps, memories equal on {world.size} ranks ({method.memory.num_filled} keys)")
     world.close()
@@ -224,10 +227,8 @@ def run_rows(cfg: StudyConfig, args: argparse.Namespace) -> list[Row]:
         method = build_method(name, pre, DataInfo(source.channels, len(dataset), source.num_classes))
         tic = time.perf_counter()
         with tempfile.TemporaryDirectory() as tmp:
-            history, _ = pretrain(
-                method, dataset, augment, pre, cfg.runtime, seed=0, num_classes=source.num_classes,
-                config=to_dict(pre), checkpoint=Path(tmp) / "checkpoint.pt",
-            )  # fmt: skip
+            checkpoint = Checkpoint(Path(tmp) / "checkpoint.pt", to_dict(pre))
+            history = Trainer(method, dataset, augment, pre, cfg.runtime, 0, callbacks=[checkpoint]).fit()
         seconds = time.perf_counter() - tic
         late = [r["memory_entropy"] for r in history[-max(1, len(history) // 3) :]]
         memory = method.memory

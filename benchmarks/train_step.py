@@ -33,7 +33,8 @@ from duel.data.augment import ssl_augmentation, to_unit
 from duel.data.datasets import Batch, IndexedImages
 from duel.data.sources import ImageSet
 from duel.methods import METHODS, DataInfo, build_method
-from duel.train import TrainingLoss, compile_step, refresh_memory, training_step
+from duel.methods.dmoco_fresh import refresh_memory
+from duel.train import TrainingLoss, compile_step, training_step
 
 
 def sync(device: torch.device) -> None:
@@ -83,7 +84,7 @@ def ours(
     dataset = IndexedImages(ImageSet(torch.zeros(len(images)).long().numpy(), images.cpu()), range(len(images)))
 
     def step() -> torch.Tensor:
-        loss = training_step(method, augment, optimizer, batch, runtime, 0, 1, loss_module=loss_module)
+        loss = training_step(method, augment, optimizer, batch, runtime, (0, 1), loss_module=loss_module)
         if method.memory is not None and method.refresh_size():
             refresh_memory(method, dataset, augment, cfg.batch_size, runtime)
         return loss

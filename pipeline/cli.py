@@ -13,7 +13,7 @@ import sys
 from collections.abc import Callable
 from pathlib import Path
 from types import ModuleType
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
 
@@ -36,10 +36,21 @@ from pipeline.profiles import use_profile
 from pipeline.tracking import StageKilled
 from pipeline.ui import ui
 
+if TYPE_CHECKING:
+    from duel.config import StudyConfig
+
 
 def stage(name: str) -> ModuleType:
     """The stage's module, imported once its command line and params are checked."""
     return importlib.import_module(f"pipeline.{name}")
+
+
+def run_key(cfg: StudyConfig, method: str, imbalance: float, train_set: str, draw: int, seed: int) -> RunKey:
+    """The run's key, its method, imbalance and training set checked against the params."""
+    check_method(method)
+    check_imbalance(cfg, imbalance)
+    check_train_set(train_set)
+    return RunKey(method, imbalance, train_set, draw, seed)
 
 
 def prepare(imbalance: ImbalanceOption, draw: DrawOption = 0, params: ParamsOption = PARAMS) -> None:
@@ -60,10 +71,7 @@ def pretrain(
 ) -> None:
     """Pretrain one encoder; writes model.pt, memory.pt, metrics.json, train_log.csv and memory_diagnostics.json."""
     cfg = read_params(params)
-    check_method(method)
-    check_imbalance(cfg, imbalance)
-    check_train_set(train_set)
-    stage("pretrain").pretrain(cfg, RunKey(method, imbalance, train_set, draw, seed), resume)
+    stage("pretrain").pretrain(cfg, run_key(cfg, method, imbalance, train_set, draw, seed), resume)
 
 
 def probe(
@@ -78,10 +86,7 @@ def probe(
     medium / few top-1 on test. The protocol is the same whatever set the encoder pretrained on: groups
     by the draw's LT counts, heads trained on its LT set."""
     cfg = read_params(params)
-    check_method(method)
-    check_imbalance(cfg, imbalance)
-    check_train_set(train_set)
-    stage("probe").probe(cfg, RunKey(method, imbalance, train_set, draw, seed))
+    stage("probe").probe(cfg, run_key(cfg, method, imbalance, train_set, draw, seed))
 
 
 def report(params: ParamsOption = PARAMS) -> None:

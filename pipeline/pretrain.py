@@ -8,12 +8,13 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import pandas as pd
+from torch import nn
 
+from duel.callbacks import Callback, Checkpoint, MemoryDiagnostics, MemorySnapshotting, OnlineEval
 from duel.config import StudyConfig, for_method, to_dict
 from duel.data.augment import normalizer, ssl_augmentation
 from duel.data.datasets import IndexedImages
@@ -21,19 +22,18 @@ from duel.data.longtail import pretraining_indices
 from duel.data.sources import SourceData
 from duel.diagnostics import summary_metrics
 from duel.distributed import World, launched
+from duel.engine import Trainer
 from duel.errors import DuelError
 from duel.eval.online import OnlineKNN, bank_indices, curve_summary
 from duel.files import atomic_path, write_json
 from duel.memory import class_entropy
-from duel.methods import DataInfo, SSLMethod, build_method
-from duel.snapshots import MemorySnapshots
-from duel.train import pretrain as train
+from duel.methods import DataInfo, build_method
 from duel.utils import configure_cpu, save_torch, seed_everything
 from pipeline.common import RunKey, load_data, manifest_path
 from pipeline.tracking import StageRun
 
 LATE_SHARE = 3  # memory_entropy_late: the mean over the last third of the steps
-ONLINE = "online_"  # the history's prefix of the accuracy measured during training (duel.train.pretrain)
+ONLINE = "online_"  # the history's prefix of the accuracy measured during training (duel.callbacks.OnlineEval)
 
 
 def pretraining_set(source: SourceData, train_indices: list[int]) -> IndexedImages:
@@ -59,14 +59,12 @@ def pretrain(cfg: StudyConfig, key: RunKey, resume: bool) -> None:
         world.close()
 
 
-def online_monitor(
-    cfg: StudyConfig, manifest: dict[str, Any], source: SourceData, normalize: Any, device: str
-) -> Callable[[SSLMethod], dict[str, float]] | None:
-    """The accuracy over training of `pretrain.online_eval` (None when off): the probe stage's kNN, its
+def online_eval(cfg: StudyConfig, manifest: dict[str, Any], source: SourceData, normalize: nn.Module) -> list[Callback]:
+    """The accuracy over training of `pretrain.online_eval` (none when off): the probe stage's kNN, its
     bank drawn from the balanced probe pool with the study's split seed, its queries the validation split."""
     oe = cfg.pretrain.online_eval
     if not oe.every:
-        return None
+        return []
     if not manifest["val_indices"]:
         raise DuelError(
             "pretrain.online_eval measures on the validation split, which is empty here; "
@@ -85,7 +83,26 @@ def online_monitor(
         thresholds=tuple(pc.shot_thresholds),
         batch_size=pc.batch_size,
     )
-    return lambda method: knn(method.backbone, normalize, device)
+    return [OnlineEval(knn, normalize)]
+
+
+class MLflowLogging(Callback):
+    """A training run's curves in its MLflow run (rank 0): every record the run logs as `<section>/<name>`
+    against its step, and the method's `epoch_metrics` after each epoch (section "method"); buffered, and
+    sent before each checkpoint is written."""
+
+    def __init__(self, run: StageRun) -> None:
+        self.run = run
+
+    def on_log(self, trainer: Trainer, record: dict[str, float], section: str) -> None:
+        self.run.log_step(record, section)
+
+    def on_train_epoch_end(self, trainer: Trainer) -> None:
+        if scalars := trainer.method.epoch_metrics():
+            self.run.log_step({"step": trainer.global_step - 1, **scalars}, "method")
+
+    def on_save_checkpoint(self, trainer: Trainer, checkpoint: dict[str, Any]) -> None:
+        self.run.flush()
 
 
 def online_curve(log: pd.DataFrame) -> pd.DataFrame:
@@ -130,44 +147,20 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
     mean, std = source.channel_stats()
     augment = ssl_augmentation(pre.augment, source.image_size, source.channels, mean, std)
     checkpoint = key.checkpoint
-    monitor = online_monitor(cfg, manifest, source, normalizer(mean, std), str(world.device(cfg.runtime.device)))
+    diagnostics = MemoryDiagnostics(manifest["class_counts"])  # the LT set's counts for both training sets
+    snapshots = MemorySnapshotting()
+    online = online_eval(cfg, manifest, source, normalizer(mean, std))
+    callbacks = [Checkpoint(checkpoint, config, resume), *online, diagnostics, snapshots]
 
     tracked = StageRun("pretrain", key.stage("pretrain"), config, cfg.tracking.experiment, resume=resume)
     with tracked if world.is_main else contextlib.nullcontext() as run:
-        logging = {}
         if run is not None:
             labels = dataset.labels.numpy()
             where = manifest_path(key.imbalance, key.draw)
             run.log_dataset(key.training_set(source.name), dataset.indices.numpy(), labels, where, "training")
-            logging = {
-                "on_step": run.log_step,
-                "on_epoch": lambda record: run.log_step({"step": record["step"], **summary_metrics(record)}, "memory"),
-                "on_method_metrics": lambda record: run.log_step(record, "method"),
-                "before_checkpoint": run.flush,
-                "on_monitor": lambda record: run.log_step(record, "online"),
-            }
+            callbacks.append(MLflowLogging(run))
         tic = time.perf_counter()
-        snapshots = MemorySnapshots()
-        history, diagnostics = train(
-            model,
-            dataset,
-            augment,
-            pre,
-            cfg.runtime,
-            seed=seed,
-            num_classes=source.num_classes,
-            config=config,
-            checkpoint=checkpoint,
-            resume=resume,
-            # The LT set's counts for both training sets: a balanced run's diagnostics then name the same
-            # head and tail classes as the LT run it is compared with (as the probe's groups do).
-            class_counts=manifest["class_counts"],
-            world=world,
-            monitor=monitor,
-            monitor_every=pre.online_eval.every,
-            snapshots=snapshots,
-            **logging,
-        )
+        history = Trainer(model, dataset, augment, pre, cfg.runtime, seed, world, callbacks).fit()
         if run is None:
             return
         log = pd.DataFrame(history)
@@ -188,8 +181,8 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
         if len(curve):
             summary = curve_summary(curve["step"].tolist(), curve["knn_top1"].tolist())
             metrics |= {f"online_knn_{name}": value for name, value in summary.items()}
-        if diagnostics:
-            final = diagnostics[-1]
+        if diagnostics.records:
+            final = diagnostics.records[-1]
             metrics["memory_head_keys"] = sum(final["histogram"][c] for c in final["head_classes"])
             metrics.update(summary_metrics(final))
 
@@ -212,9 +205,9 @@ def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -
             log.to_csv(tmp, index=False)
         with atomic_path(out / "online_eval.csv") as tmp:  # the header alone when online_eval is off
             curve.to_csv(tmp, index=False)
-        write_json(out / "memory_diagnostics.json", diagnostics, indent=None)  # one line: long count lists
+        write_json(out / "memory_diagnostics.json", diagnostics.records, indent=None)  # one line: long count lists
         with atomic_path(out / "memory_snapshots.npz") as tmp:  # no point when off or without a memory
-            np.savez_compressed(tmp, **snapshots.arrays())
+            np.savez_compressed(tmp, **snapshots.recorder.arrays())
         write_json(out / "metrics.json", metrics)
         run.log_metrics(metrics)
         for name in (

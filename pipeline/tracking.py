@@ -192,7 +192,7 @@ class StageRun:
             raise
 
     def flush(self) -> None:
-        """Send the buffered step metrics (the trainer calls it before writing each checkpoint)."""
+        """Send the buffered step metrics (`MLflowLogging` calls it before each checkpoint is written)."""
         with self._server_calls():
             for start in range(0, len(self._steps), 1000):  # MLflow's batch limit
                 self.client.log_batch(self.run.info.run_id, metrics=self._steps[start : start + 1000])

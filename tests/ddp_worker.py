@@ -5,7 +5,7 @@
     python -m torch.distributed.run --nproc-per-node 2 tests/ddp_worker.py steps simclr OUT
     python -m torch.distributed.run --nproc-per-node 2 tests/ddp_worker.py shuffle - OUT
 
-train: `duel.train.pretrain` on 128 digits, 8 images per rank and step, 3 epochs, a checkpoint per
+train: `duel.engine.Trainer` on 128 digits, 8 images per rank and step, 3 epochs, a checkpoint per
 epoch; every rank writes the hash of its memory and per-sample state after every step and its final
 state. steps: three `training_step`s on fixed global batches of 16 with fixed views (view 2 = view 1
 flipped) and BatchNorm in eval mode, so one process and two ranks see the same global computation.
@@ -26,13 +26,16 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from duel.callbacks import Callback, Checkpoint
+from duel.callbacks.rank_check import shared_state
 from duel.config import DataConfig, RuntimeConfig, to_dict
 from duel.data.augment import ssl_augmentation
 from duel.data.datasets import IndexedImages
 from duel.data.sources import load_digits
 from duel.distributed import World, shuffled_apply
+from duel.engine import Trainer
 from duel.methods import DataInfo, build_method
-from duel.train import _shared_state, data_parallel, pretrain, training_step
+from duel.train import data_parallel, training_step
 from duel.utils import seed_everything
 from duel.validation import parse_config
 
@@ -86,31 +89,22 @@ def main() -> None:
     if args.mode == "train":
         hashes = []
 
-        def on_step(record: dict[str, float]) -> None:
-            hashes.append(digest(_shared_state(method)))
-            if world.rank == 1 and record["step"] == args.die_at:
-                os.kill(os.getpid(), signal.SIGKILL)  # a rank dies mid-epoch, after a checkpoint
-            if world.rank == 1 and record["step"] == args.diverge_at:
-                method.memory.keys.add_(1e-3)  # a non-deterministic update on one rank
+        class Watch(Callback):  # every step's shared state, and the faults this test injects
+            def on_log(self, trainer: Trainer, record: dict[str, float], section: str) -> None:
+                if section != "train":
+                    return
+                hashes.append(digest(shared_state(method)))
+                if world.rank == 1 and record["step"] == args.die_at:
+                    os.kill(os.getpid(), signal.SIGKILL)  # a rank dies mid-epoch, after a checkpoint
+                if world.rank == 1 and record["step"] == args.diverge_at:
+                    method.memory.keys.add_(1e-3)  # a non-deterministic update on one rank
 
         augment = ssl_augmentation(cfg.augment, 8, 1, [0.5], [0.25])
         config = {"pretrain": to_dict(cfg), "world_size": world.size}
-        history, _ = pretrain(
-            method,
-            dataset,
-            augment,
-            cfg,
-            RuntimeConfig(),
-            seed=0,
-            num_classes=10,
-            config=config,
-            checkpoint=args.out / "last.pt",
-            resume=args.resume,
-            on_step=on_step,
-            world=world,
-        )
+        callbacks = [Checkpoint(args.out / "last.pt", config, args.resume), Watch()]
+        history = Trainer(method, dataset, augment, cfg, RuntimeConfig(), 0, world, callbacks).fit()
         # BatchNorm statistics stay each rank's own (no SyncBatchNorm on CPU): the weights and shared state agree.
-        final = digest({**dict(method.named_parameters()), **_shared_state(method)})
+        final = digest({**dict(method.named_parameters()), **shared_state(method)})
         result = {"hashes": hashes, "losses": [r["loss"] for r in history], "final": final}
         torch.save(method.state_dict(), args.out / f"state{world.rank}.pt")
     else:
@@ -124,7 +118,9 @@ def main() -> None:
         mine = world.shard(torch.arange(48), per_rank)
         losses, runtime, augment = [], RuntimeConfig(), FlipSecond()
         for step, batch in enumerate(dataset.batches(mine, per_rank, torch.device("cpu"))):
-            losses.append(training_step(method, augment, optimizer, batch, runtime, step, 3, world, loss_module).item())
+            losses.append(
+                training_step(method, augment, optimizer, batch, runtime, (step, 3), world, loss_module).item()
+            )
         result = {"losses": losses}
         torch.save(method.state_dict(), args.out / f"state{world.rank}.pt")
     (args.out / f"rank{world.rank}.json").write_text(json.dumps(result))

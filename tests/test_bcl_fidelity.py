@@ -202,6 +202,6 @@ def test_cutout_box_is_inclusive_and_clamped_on_the_far_side():
 def test_the_last_partial_batch_trains_and_updates_its_losses(tiny_source, tmp_path):
     """60 samples in batches of 8: 8 steps an epoch, the last of 4 images; every loss average is set."""
     cfg = parse_config({"pretrain": {"epochs": 1, "batch_size": 8, "proj_dim": 16}})
-    method, history, _, _ = train_tiny(tiny_source, cfg.pretrain, tmp_path / "ck.pt", "bcl")
+    method, history, _ = train_tiny(tiny_source, cfg.pretrain, tmp_path / "ck.pt", "bcl")
     assert len(history) == 8
     assert not method.memo_loss.isnan().any()

@@ -10,7 +10,8 @@ import torch
 from duel.distributed import World
 from tests.project_copy import ROOT
 
-pytestmark = pytest.mark.xdist_group("torchrun")  # two ranks of 2 threads each: not beside other torchruns
+# torchrun: two ranks of 2 threads each, not beside other torchruns
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("torchrun")]
 
 WORKER = ROOT / "tests" / "ddp_worker.py"
 

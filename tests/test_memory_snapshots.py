@@ -9,6 +9,7 @@ import numpy as np
 import pytest
 import torch
 
+from duel.callbacks import MemorySnapshotting
 from duel.config import RuntimeConfig
 from duel.errors import ConfigError
 from duel.snapshots import MemorySnapshots
@@ -31,7 +32,8 @@ def snapshot_config(cfg, epochs: list[int]):
 def train(source, cfg, checkpoint, epochs=(1, 2, 3), method="dmoco", resume=False, stop_at_step=None):
     snapshots = MemorySnapshots(display_images=25)
     pre = snapshot_config(cfg, list(epochs))
-    model, history, _, data = train_tiny(source, pre, checkpoint, method, resume, stop_at_step, snapshots=snapshots)
+    watch = [MemorySnapshotting(snapshots)]
+    model, history, data = train_tiny(source, pre, checkpoint, method, resume, stop_at_step, callbacks=watch)
     return model, history, snapshots, data
 
 

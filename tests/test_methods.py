@@ -34,7 +34,7 @@ def test_one_training_step(name, tiny_config):
     optimizer = torch.optim.SGD(method.param_groups(), lr=0.1)
     for step in range(2):  # the second step sees a non-empty memory
         method.on_epoch_start(step, 2)
-        loss = training_step(method, augment, optimizer, batch, RuntimeConfig(), step, 2)
+        loss = training_step(method, augment, optimizer, batch, RuntimeConfig(), (step, 2))
     assert torch.isfinite(loss) and loss > 0
     assert any(not torch.equal(a, b) for a, b in zip(before, method.backbone.parameters(), strict=True))
     assert method(to_unit(batch.images)).shape == (8, method.feature_dim)

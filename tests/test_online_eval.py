@@ -9,6 +9,7 @@ import pytest
 import torch
 from torch import nn
 
+from duel.callbacks import OnlineEval
 from duel.config import OnlineEvalConfig
 from duel.data.augment import normalizer
 from duel.data.datasets import IndexedImages
@@ -17,8 +18,8 @@ from duel.eval.features import extract_features
 from duel.eval.groups import group_accuracies
 from duel.eval.knn import knn_predict
 from duel.eval.online import OnlineKNN, bank_indices, curve_summary
-from pipeline.pretrain import online_monitor
-from tests.test_train import Interrupt, train_tiny
+from pipeline.pretrain import online_eval
+from tests.test_train import Interrupt, Logged, train_tiny
 
 
 def online_knn(source) -> OnlineKNN:
@@ -27,18 +28,12 @@ def online_knn(source) -> OnlineKNN:
 
 
 def train(source, cfg, checkpoint, monitor=True, resume=False, stop_at_step=None, every=1):
-    online, logged, normalize = online_knn(source), [], normalizer([0.5], [0.25])  # the augmentation's last step
-    method, history, _, (_, augment) = train_tiny(
-        source,
-        cfg.pretrain,
-        checkpoint,
-        resume=resume,
-        stop_at_step=stop_at_step,
-        monitor=(lambda m: online(m.backbone, normalize, "cpu")) if monitor else None,
-        monitor_every=every,
-        on_monitor=logged.append,
-    )
-    return method, history, logged, augment
+    normalize = normalizer([0.5], [0.25])  # the augmentation's last step
+    pre = replace(cfg.pretrain, online_eval=OnlineEvalConfig(every=every))
+    logged = Logged()
+    watch = [OnlineEval(online_knn(source), normalize), logged] if monitor else [logged]
+    method, history, (_, augment) = train_tiny(source, pre, checkpoint, "dmoco", resume, stop_at_step, callbacks=watch)
+    return method, history, logged.section("online"), augment
 
 
 def test_the_monitor_leaves_training_bit_identical(tiny_source, tiny_config, tmp_path):
@@ -103,6 +98,6 @@ def test_the_stage_refuses_an_online_eval_without_a_validation_split(tiny_source
     cfg = replace(tiny_config, pretrain=replace(tiny_config.pretrain, online_eval=OnlineEvalConfig(every=1)))
     manifest = {"val_indices": [], "balanced_indices": [0, 1], "class_counts": [2, 1, 1]}
     with pytest.raises(DuelError, match=r"set data\.val_fraction > 0 or pretrain\.online_eval\.every: 0"):
-        online_monitor(cfg, manifest, tiny_source, nn.Identity(), "cpu")
+        online_eval(cfg, manifest, tiny_source, nn.Identity())
     off = replace(cfg, pretrain=replace(cfg.pretrain, online_eval=OnlineEvalConfig(every=0)))
-    assert online_monitor(off, manifest, tiny_source, nn.Identity(), "cpu") is None
+    assert online_eval(off, manifest, tiny_source, nn.Identity()) == []

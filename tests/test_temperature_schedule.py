@@ -5,22 +5,23 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass, replace
+from types import SimpleNamespace
 
 import pytest
 import torch
 import torch.nn.functional as F
 
-from duel.config import to_dict
 from duel.data.augment import ssl_augmentation
 from duel.data.datasets import IndexedImages
+from duel.engine import Trainer
 from duel.errors import ConfigError
 from duel.losses import nt_xent
 from duel.methods import METHODS, DataInfo, build_method
 from duel.methods.sdclr import SDCLR, SDCLRParams
 from duel.methods.temperature import CosineTemperature, CosineTemperatureParams
-from duel.train import pretrain
 from duel.utils import seed_everything
 from duel.validation import parse_config
+from pipeline.pretrain import MLflowLogging
 
 SCHEDULED = ("simclr_ts", "moco_ts", "dmoco_ts")
 
@@ -61,19 +62,11 @@ def test_the_temperature_is_constant_within_an_epoch_and_logged_once_per_epoch(t
         return loss(views, batch)
 
     method.training_loss = recording
-    logged = []
-    history, _ = pretrain(
-        method,
-        dataset,
-        ssl_augmentation(cfg.augment, 8, 1, [0.5], [0.25]),
-        cfg,
-        tiny_config.runtime,
-        seed=0,
-        num_classes=3,
-        config=to_dict(cfg),
-        checkpoint=tmp_path / "ck.pt",
-        on_method_metrics=logged.append,
-    )
+    run = SimpleNamespace(steps=[])
+    run.log_step = lambda record, prefix: run.steps.append((prefix, record))  # a StageRun's curve logging
+    augment = ssl_augmentation(cfg.augment, 8, 1, [0.5], [0.25])
+    history = Trainer(method, dataset, augment, cfg, tiny_config.runtime, 0, callbacks=[MLflowLogging(run)]).fit()
+    logged = [record for prefix, record in run.steps if prefix == "method"]
     tau = [reference_tau(e + 1, 0.2, 0.6, 2) for e in range(3)]  # 0.4, 0.2, 0.4: down and up, no restart
     assert len(used) == len(history) == 3 * 7
     assert used == [tau[record["epoch"]] for record in history]

@@ -7,12 +7,14 @@ from pathlib import Path
 import pytest
 import torch
 
+from duel.callbacks import Callback, Checkpoint, MemoryDiagnostics
 from duel.config import MemoryConfig, PretrainConfig, RuntimeConfig, to_dict
 from duel.data.augment import ssl_augmentation, to_unit
 from duel.data.datasets import Batch, IndexedImages
+from duel.engine import Trainer
 from duel.errors import DuelError
 from duel.methods import METHODS, DataInfo, build_method
-from duel.train import TrainingLoss, pretrain
+from duel.train import TrainingLoss
 from duel.utils import seed_everything
 
 
@@ -20,41 +22,50 @@ class Interrupt(Exception):
     pass
 
 
-def train_tiny(source, pre, checkpoint, name="dmoco", resume=False, stop_at_step=None, runtime=None, **kwargs):
+class StopAt(Callback):
+    """Interrupts the run once step `step`'s record is logged (e.g. a kill in the middle of epoch 2, after
+    the epoch-1 checkpoint)."""
+
+    def __init__(self, step: int | None) -> None:
+        self.step = step
+
+    def on_log(self, trainer, record, section):
+        if section == "train" and record["step"] == self.step:
+            raise Interrupt
+
+
+class Logged(Callback):
+    """Every record the run logs, as (section, record)."""
+
+    def __init__(self) -> None:
+        self.records = []
+
+    def on_log(self, trainer, record, section):
+        self.records.append((section, record))
+
+    def section(self, name):
+        return [record for section, record in self.records if section == name]
+
+
+def train_tiny(source, pre, checkpoint, name="dmoco", resume=False, stop_at_step=None, runtime=None, callbacks=()):
     """`name` trained from seed 0 on the tiny source's first 60 images under the pretrain section `pre`,
-    killed (Interrupt) at `stop_at_step`; `kwargs` go to `pretrain`. The method, its history and
-    diagnostics, and the dataset and augmentation it trained on."""
+    killed (Interrupt) at `stop_at_step`, with a checkpoint and `callbacks`. The method, its history, and
+    the dataset and augmentation it trained on."""
     seed_everything(0)
     dataset = IndexedImages(source.train, list(range(60)))
     method = build_method(name, pre, DataInfo(1, len(dataset), 3))
     augment = ssl_augmentation(pre.augment, 8, 1, [0.5], [0.25])
-
-    def on_step(record):
-        if record["step"] == stop_at_step:
-            raise Interrupt  # e.g. a kill in the middle of epoch 2, after the epoch-1 checkpoint
-
-    history, diagnostics = pretrain(
-        method,
-        dataset,
-        augment,
-        pre,
-        runtime or RuntimeConfig(),
-        seed=0,
-        num_classes=3,
-        config=to_dict(pre),
-        checkpoint=checkpoint,
-        resume=resume,
-        on_step=on_step,
-        **kwargs,
-    )
-    return method, history, diagnostics, (dataset, augment)
+    watching = [Checkpoint(checkpoint, to_dict(pre), resume), StopAt(stop_at_step), *callbacks]
+    history = Trainer(method, dataset, augment, pre, runtime or RuntimeConfig(), 0, callbacks=watching).fit()
+    return method, history, (dataset, augment)
 
 
 def run(tiny_source, cfg, checkpoint, resume=False, stop_at_step=None, name="dmoco", runtime=None):
-    method, history, diagnostics, _ = train_tiny(
-        tiny_source, cfg.pretrain, checkpoint, name, resume, stop_at_step, runtime, class_counts=[40, 20, 0]
+    diagnostics = MemoryDiagnostics([40, 20, 0])
+    method, history, _ = train_tiny(
+        tiny_source, cfg.pretrain, checkpoint, name, resume, stop_at_step, runtime, [diagnostics]
     )
-    method.diagnostics = diagnostics
+    method.diagnostics = diagnostics.records
     return method, history
 
 
@@ -130,7 +141,7 @@ def test_step_metrics_are_read_at_the_logging_cadence_and_every_step_is_logged(t
         with counted() as (mode, _):
             _, history = run(tiny_source, tiny_config, tmp_path / f"{every}.pt", runtime=RuntimeConfig(log_every=every))
         histories.append([{k: v for k, v in r.items() if k != "images_per_s"} for r in history])
-        reads.append(mode.sites["duel/train.py"])
+        reads.append(mode.sites["duel/callbacks/step_log.py"])
     assert histories[0] == histories[1] and len(histories[0]) == 3 * 7
     assert reads == [3 * 7, 3 * 2]
 
@@ -168,17 +179,7 @@ def test_too_small_training_set_is_a_clear_error(tiny_source, tiny_config, tmp_p
     method = build_method("moco", tiny_config.pretrain, DataInfo(1, 3))
     augment = ssl_augmentation(tiny_config.pretrain.augment, 8, 1, [0.5], [0.25])
     with pytest.raises(DuelError, match=r"fewer than pretrain\.batch_size=8"):
-        pretrain(
-            method,
-            IndexedImages(tiny_source.train, [0, 1, 2]),
-            augment,
-            tiny_config.pretrain,
-            RuntimeConfig(),
-            seed=0,
-            num_classes=3,
-            config={},
-            checkpoint=tmp_path / "ck.pt",
-        )
+        Trainer(method, IndexedImages(tiny_source.train, [0, 1, 2]), augment, tiny_config.pretrain, RuntimeConfig(), 0)
 
 
 def test_max_steps_stops_early_and_ends_the_cosine_schedule(tiny_source, tiny_config, tmp_path):
@@ -201,6 +202,7 @@ def test_gpu_options_run_on_cpu_and_keep_the_memory_exact(tiny_source, tiny_conf
     assert torch.allclose(memory.scores, memory.full_scores(), atol=1e-4)
 
 
+@pytest.mark.slow  # torch.compile of the loss module and backbones: about 90 s
 def test_compiled_step_trains_as_the_eager_one(tiny_source, tiny_config, tmp_path):
     """runtime.compile (the whole loss module and the backbones): the same losses and memory keys as
     eager, to float tolerance."""
@@ -238,9 +240,7 @@ def test_fresh_memory_holds_the_final_encoders_keys_of_its_images(tiny_source, t
     method = build_method("dmoco_fresh", tiny_config.pretrain, DataInfo(1, len(dataset), 3))
     augment = torch.nn.Identity()  # deterministic views, so the expected keys can be recomputed
     cpu = RuntimeConfig()
-    pretrain(
-        method, dataset, augment, tiny_config.pretrain, cpu, seed=0, num_classes=3, config={}, checkpoint=tmp_path / "c"
-    )
+    Trainer(method, dataset, augment, tiny_config.pretrain, cpu, 0).fit()
     memory = method.memory
     images = dataset.images.images[dataset.positions(memory.indices[: memory.num_filled])]
     # Re-encoded in training-size batches, as the loop does (train-mode BatchNorm uses batch statistics).
@@ -250,9 +250,7 @@ def test_fresh_memory_holds_the_final_encoders_keys_of_its_images(tiny_source, t
     # The plain method keeps keys of the encoder states that pushed them.
     seed_everything(0)
     stale = build_method("dmoco", tiny_config.pretrain, DataInfo(1, len(dataset), 3))
-    pretrain(
-        stale, dataset, augment, tiny_config.pretrain, cpu, seed=0, num_classes=3, config={}, checkpoint=tmp_path / "d"
-    )
+    Trainer(stale, dataset, augment, tiny_config.pretrain, cpu, 0).fit()
     images = dataset.images.images[dataset.positions(stale.memory.indices[: stale.memory.num_filled])]
     keys = torch.cat([stale.keys(to_unit(x)) for x in images.split(tiny_config.pretrain.batch_size)])
     assert not torch.allclose(stale.memory.valid_keys(), keys, atol=1e-3)

@@ -1,6 +1,6 @@
 """The shared base of every SSL method: encoder, projector, lifecycle hooks, per-sample state, memory.
 
-The training loop (`duel.train`) drives a method through these hooks, in order:
+The training engine (`duel.engine.Trainer`) drives a method through these hooks, in order:
 
     on_epoch_start(epoch, epochs)             the epoch's temperature, re-pruning, score normalisation, ...
     per step:
@@ -8,6 +8,8 @@ The training loop (`duel.train`) drives a method through these hooks, in order:
         training_loss(views, batch)           -> StepOutput; no side effects on the method's state
         (backward, optimizer step)
         after_step(output, batch, step, total_steps)   momentum encoders, memory push, per-sample updates
+        (learning-rate schedule step)
+        on_train_batch_end(trainer)           what needs the run's data, e.g. re-encoding the memory
     epoch_metrics()                           scalars logged once per epoch (e.g. per-sample state summaries)
 
 The contrastive loss reads `self.temperature`, the method's own schedule (`temperature_at`): constant
@@ -20,7 +22,7 @@ is saved in checkpoints and restored exactly like the weights.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -33,6 +35,9 @@ from duel.distributed import world_size
 from duel.errors import ConfigError
 from duel.memory import ActiveMemory
 from duel.method_params import NoParams, parse_method_params
+
+if TYPE_CHECKING:
+    from duel.engine import Trainer
 
 
 @dataclass(frozen=True)
@@ -134,9 +139,13 @@ class SSLMethod(nn.Module):
             views = len(output.keys) // len(batch.labels)
             self.memory.push(output.keys, batch.labels.repeat(views), batch.indices.repeat(views))
 
+    def on_train_batch_end(self, trainer: Trainer) -> None:
+        """After each step's updates and schedule step, with the run's data, augmentation and world at hand
+        (`trainer`, read only): the re-encoding methods refresh their memory here (`dmoco_fresh`)."""
+
     def refresh_size(self) -> int:
         """How many memory slots to re-encode with the current encoder after every step (0: none; the
-        memory's size or more: all of them); see `memory_keys` and `duel.train.refresh_memory`."""
+        memory's size or more: all of them); see `memory_keys` and `duel.methods.dmoco_fresh.refresh_memory`."""
         return 0
 
     def epoch_metrics(self) -> dict[str, float]:

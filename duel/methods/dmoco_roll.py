@@ -12,10 +12,10 @@ from __future__ import annotations
 import math
 
 from duel.method_params import DMoCoRollParams
-from duel.methods.dmoco import DMoCo
+from duel.methods.dmoco_fresh import DMoCoFresh
 
 
-class DMoCoRoll(DMoCo):
+class DMoCoRoll(DMoCoFresh):
     Params = DMoCoRollParams
 
     def refresh_size(self) -> int:
