@@ -131,17 +131,15 @@ def test_a_stopped_pretrain_leaves_nothing_and_resumes_into_the_same_run(project
         cli.main()
     assert done.value.code == 0
 
-    train = stage.train
+    logging = stage.MLflowLogging
 
-    def killed_in_epoch_two(*args, on_step, **kwargs):
-        def step(record):
-            on_step(record)
-            if record["step"] == 8:  # 4 steps per epoch: after the epoch-1 checkpoint
+    class KilledInEpochTwo(logging):
+        def on_log(self, trainer, record, section):
+            super().on_log(trainer, record, section)
+            if section == "train" and record["step"] == 8:  # 4 steps per epoch: after the epoch-1 checkpoint
                 os.kill(os.getpid(), signum)  # the stage's own handler unwinds it
 
-        return train(*args, on_step=step, **kwargs)
-
-    monkeypatch.setattr(stage, "train", killed_in_epoch_two)
+    monkeypatch.setattr(stage, "MLflowLogging", KilledInEpochTwo)
     code, err = run_stage(PRETRAIN, monkeypatch, capsys)
     assert code == 130 and "--resume" in err
     assert not (project / "outputs/pretrain").exists()
@@ -150,7 +148,7 @@ def test_a_stopped_pretrain_leaves_nothing_and_resumes_into_the_same_run(project
     killed = client.search_runs([client.get_experiment_by_name("duel-digits").experiment_id], "tags.stage = 'pretrain'")
     assert [r.info.status for r in killed] == ["KILLED"]
 
-    monkeypatch.setattr(stage, "train", train)
+    monkeypatch.setattr(stage, "MLflowLogging", logging)
     assert run_stage([*PRETRAIN, "--resume"], monkeypatch, capsys)[0] == 0
     assert {p.name for p in (project / "outputs/pretrain/moco-imb10-lt-d0-s0").iterdir()} == {
         "model.pt",
@@ -181,17 +179,15 @@ KILLED_AT_STEP = """
 import os, signal, sys
 from pipeline import cli, tracking, pretrain as stage
 tracking.STEP_FLUSH = int(os.environ.get("STEP_FLUSH", tracking.STEP_FLUSH))
-train = stage.train
-def killed(*args, on_step, **kwargs):
-    def step(record):
-        on_step(record)
-        if record["step"] == 9:  # 4 steps per epoch: two steps after the epoch-2 checkpoint
+class Killed(stage.MLflowLogging):
+    def on_log(self, trainer, record, section):
+        super().on_log(trainer, record, section)
+        if section == "train" and record["step"] == 9:  # 4 steps per epoch: two steps after the epoch-2 checkpoint
             if "KILL_GROUP" in os.environ:  # the tracking server goes away instead
                 os.killpg(int(os.environ["KILL_GROUP"]), signal.SIGKILL)
             else:
                 os.kill(os.getpid(), signal.SIGKILL)
-    return train(*args, on_step=step, **kwargs)
-stage.train = killed
+stage.MLflowLogging = Killed
 sys.argv = ["pipeline", *sys.argv[1:]]
 cli.main()
 """
