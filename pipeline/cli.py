@@ -71,7 +71,8 @@ def pretrain(
 ) -> None:
     """Pretrain one encoder; writes model.pt, memory.pt, metrics.json, train_log.csv and memory_diagnostics.json."""
     cfg = read_params(params)
-    stage("pretrain").pretrain(cfg, run_key(cfg, method, imbalance, train_set, draw, seed), resume)
+    key = run_key(cfg, method, imbalance, train_set, draw, seed)  # checked before the stage imports torch
+    stage("pretrain").pretrain(cfg, key, resume)
 
 
 def probe(
@@ -86,7 +87,8 @@ def probe(
     medium / few top-1 on test. The protocol is the same whatever set the encoder pretrained on: groups
     by the draw's LT counts, heads trained on its LT set."""
     cfg = read_params(params)
-    stage("probe").probe(cfg, run_key(cfg, method, imbalance, train_set, draw, seed))
+    key = run_key(cfg, method, imbalance, train_set, draw, seed)
+    stage("probe").probe(cfg, key)
 
 
 def report(params: ParamsOption = PARAMS) -> None:

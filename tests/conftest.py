@@ -12,6 +12,8 @@ def pytest_configure(config):
     """A share of the cores per test worker: pytest-xdist runs one worker per core, and each worker's stage,
     queue and torchrun processes would otherwise run as many threads as there are cores. Oversubscribed,
     two concurrent digits pretrain stages took 39-97 s instead of 15 s on the 2-core machine."""
+    if getattr(config.option, "numprocesses", None) and not hasattr(config, "workerinput"):
+        return  # xdist's controller runs no test, and its workers inherit its environment: theirs to set
     workers = int(os.environ.get("PYTEST_XDIST_WORKER_COUNT", "1"))
     os.environ.setdefault("OMP_NUM_THREADS", str(max(1, (os.cpu_count() or 1) // workers)))
     torch.set_num_threads(int(os.environ["OMP_NUM_THREADS"]))
