@@ -166,7 +166,7 @@ class ProbeConfig:
     shots: int = 10  # kshot: images per class, drawn from the balanced pool
     splits: int = 1  # kshot: random draws, reported as mean +- std
     split_seed: int = 0  # kshot: seed of the splits, [split_seed, i] for split i
-    groups: str = "thirds"  # thirds (of the classes by LT count) | shots (ImageNet-LT thresholds)
+    groups: str = "thirds"  # thirds (of the classes by LT count) | shots (ImageNet-LT thresholds) | head
     shot_thresholds: list[int] = field(default_factory=lambda: [20, 100])  # few < 20 <= medium <= 100 < many
     # inverse L2 strengths of the linear probe's logistic regression, one chosen on validation
     c_grid: list[float] = field(default_factory=lambda: [0.01, 0.1, 1.0, 10.0])

@@ -30,6 +30,7 @@ from duel.config import (
     to_dict,
 )
 from duel.errors import ConfigError
+from duel.eval.groups import GROUP_MODES
 from duel.method_params import METHOD_PARAMS, parse_method_params
 
 # The keys whose values (a list's items) come from a fixed set; the params reference lists them.
@@ -48,7 +49,7 @@ CHOICES: dict[str, tuple[str, ...]] = {
     "pretrain.augment.cropping_mode": CROPPING_MODES,
     "pretrain.augment.crop_interpolation": INTERPOLATIONS,
     "probe.train_set": ("balanced", "lt", "kshot"),
-    "probe.groups": ("thirds", "shots"),
+    "probe.groups": GROUP_MODES,
     "probe.heads": HEAD_NAMES,
     "runtime.precision": ("fp32", "bf16"),
 }
@@ -132,7 +133,7 @@ def validate(cfg: StudyConfig) -> None:
     _require(pr.shots >= 1, "probe.shots", pr.shots, "must be >= 1")
     _require(pr.splits >= 1, "probe.splits", pr.splits, "must be >= 1")
     _require(pr.splits == 1 or pr.train_set == "kshot", "probe.splits", pr.splits, "several splits need kshot")
-    _require(pr.groups in ("thirds", "shots"), "probe.groups", pr.groups, "thirds or shots")
+    _require(pr.groups in GROUP_MODES, "probe.groups", pr.groups, "thirds, shots or head")
     lo_hi = pr.shot_thresholds
     _require(len(lo_hi) == 2 and 0 < lo_hi[0] <= lo_hi[1], "probe.shot_thresholds", lo_hi, "[few_below, many_above]")
     _require(bool(pr.c_grid) and min(pr.c_grid) > 0, "probe.c_grid", pr.c_grid, "a non-empty list of C > 0")

@@ -24,6 +24,7 @@ from duel.diagnostics import summary_metrics
 from duel.distributed import World, launched
 from duel.engine import Trainer
 from duel.errors import DuelError
+from duel.eval.groups import class_groups
 from duel.eval.online import OnlineKNN, bank_indices, curve_summary
 from duel.files import atomic_path, write_json
 from duel.memory import class_entropy
@@ -126,6 +127,8 @@ def launch_data_parallel(nproc: int) -> None:
 def run_pretraining(cfg: StudyConfig, key: RunKey, resume: bool, world: World) -> None:
     """One run on this process's share of the data; rank 0 alone logs to MLflow and writes the outputs."""
     source, manifest = load_data(cfg, key.imbalance, key.draw)
+    # The probe stage reports these groups; a grouping it would refuse is refused before the training.
+    class_groups(manifest["class_counts"], cfg.probe.groups, tuple(cfg.probe.shot_thresholds))
     indices = pretraining_indices(manifest, key.train_set, source.train.labels)
     pre = for_method(cfg.pretrain, key.method)  # the section with this method's recipe applied
     config = {

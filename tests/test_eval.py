@@ -4,7 +4,9 @@ import sys
 import numpy as np
 import pytest
 
-from duel.eval.groups import class_groups, group_accuracies
+from duel.data.longtail import class_counts
+from duel.errors import DuelError
+from duel.eval.groups import class_groups, group_accuracies, tied
 from duel.eval.knn import knn_predict
 from duel.eval.linear import linear_probe
 from duel.eval.tsne import tsne_embed
@@ -71,6 +73,29 @@ def test_shot_groups_use_the_imagenet_lt_thresholds():
     out = group_accuracies(y_true, np.array([0, 1, 0, 3]), [500, 300, 50, 60], "shots", (20, 100))
     assert out["many"] == 1.0 and out["medium"] == 0.5 and np.isnan(out["few"])
     assert out["group_std"] == pytest.approx(0.25)  # over the non-empty groups
+
+
+def test_the_dominant_profile_groups_its_head_against_the_rest():
+    counts = class_counts("dominant", 2000, 10, 0.9)  # 2000 + 9 x 24
+    groups = class_groups(counts, "head")
+    assert groups == {"many": [0], "medium": [], "few": list(range(1, 10))}
+    out = group_accuracies(np.arange(10), np.array([0, 1, 2, 0, 0, 0, 0, 0, 0, 0]), counts, "head")
+    assert out["many"] == 1.0 and out["few"] == pytest.approx(2 / 9) and np.isnan(out["medium"])
+
+
+@pytest.mark.parametrize("profile", ["dominant", "step"])
+def test_thirds_refuse_to_cut_between_classes_of_equal_count(profile):
+    counts = class_counts(profile, 2000, 10, 0.9 if profile == "dominant" else 10)
+    with pytest.raises(DuelError, match=r"probe.groups thirds cuts between classes of equal LT count .* head"):
+        class_groups(counts, "thirds")
+
+
+def test_thirds_keep_ties_inside_a_group_and_name_a_balanced_set():
+    assert class_groups([9, 8, 5, 5, 1, 1]) == {"many": [0, 1], "medium": [2, 3], "few": [4, 5]}
+    counts = [100, 59, 35, 21, 12, 7, 4, 2, 1, 1]  # digits' r=100: the tie sits inside few
+    assert class_groups(counts)["few"] == [7, 8, 9]
+    assert tied([100] * 10) and not tied(counts)
+    assert class_groups([100] * 6) == {"many": [0, 1], "medium": [2, 3], "few": [4, 5]}  # r=1: by index
 
 
 def test_the_probe_stage_imports_its_libraries_before_the_timed_probe():
