@@ -19,6 +19,9 @@ import argparse
 from pathlib import Path
 
 import pandas as pd
+import yaml
+
+from pipeline.provenance import RUNS_FROM
 
 # Three tables, so that each fits a page's width: column -> (header, scale, decimals)
 ENTROPY = {
@@ -100,16 +103,33 @@ def summary(studies: list[tuple[str, pd.DataFrame]], baseline: str = "dmoco") ->
     return "\n".join(lines) + "\n"
 
 
+def grouping(runs_csv: Path) -> str | None:
+    """The study's `probe.groups`, from the params.yaml its report folder keeps (None: not kept)."""
+    params = runs_csv.parent / "params.yaml"
+    return yaml.safe_load(params.read_text())["probe"]["groups"] if params.is_file() else None
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("studies", nargs="+", help="label=path/to/runs.csv; main (one or more): the methods as named")
     parser.add_argument("--out", type=Path, required=True)
     parser.add_argument("--baseline", default="dmoco", help="the main study's method the paired columns subtract")
     args = parser.parse_args()
-    studies = [(label, pd.read_csv(path)) for label, path in (spec.split("=", 1) for spec in args.studies)]
+    specs = [spec.split("=", 1) for spec in args.studies]
+    studies = [(label, pd.read_csv(path)) for label, path in specs]
     if "main" not in {label for label, _ in studies}:
         parser.error("one study must be labelled main")
+    groups = [grouping(Path(path)) for _, path in specs]
+    main_groups = next(g for (label, _), g in zip(studies, groups, strict=True) if label == "main")
+    other = sorted({label for (label, df), g in zip(studies, groups, strict=True) if g != main_groups})
+    for (_, df), g in zip(studies, groups, strict=True):
+        if g != main_groups:  # another grouping's few group is another set of classes: not in one column
+            df["linear_few"] = float("nan")
+    folders = dict.fromkeys(Path(spec.split("=", 1)[1]).parent.as_posix() for spec in args.studies)
     text = summary(studies, args.baseline)
+    if other:
+        text += f"\nfew `-` for {', '.join(other)}: grouped by another `probe.groups` than main ({main_groups}).\n"
+    text += f"\n{RUNS_FROM}{', '.join(folders)}\n"  # whose status the docs show
     args.out.write_text(text)
     print(text)
 

@@ -93,7 +93,7 @@ def probe(
 
 def report(params: ParamsOption = PARAMS) -> None:
     """Aggregate every run into reports/: Markdown + CSV tables, plots, t-SNE maps."""
-    stage("report").report(read_params(params))
+    stage("report").report(read_params(params), params)
 
 
 def launch(
@@ -123,12 +123,25 @@ def launch(
         ) from None
 
 
+def provenance(
+    strict: Annotated[
+        bool, typer.Option(help="exit 1 when a study is not current (stale, incomplete, not recorded)")
+    ] = False,
+) -> None:
+    """Name each committed study under reports/ current or stale: the code its stages depended on (its
+    provenance.json, from dvc.lock) against the files now, hashed as DVC does."""
+    from pipeline.provenance import check
+
+    check(Path.cwd(), strict)
+
+
 COMMANDS: dict[str, Callable[..., Any]] = {
     "prepare": prepare,
     "pretrain": pretrain,
     "probe": probe,
     "report": report,
     "launch": launch,
+    "provenance": provenance,
     "use-profile": use_profile,
     "ui": ui,
 }

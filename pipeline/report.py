@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import itertools
 from pathlib import Path
+from typing import Any
 
 import matplotlib
 import numpy as np
@@ -13,10 +14,12 @@ import torch
 from duel.config import StudyConfig, to_dict
 from duel.diagnostics import GROUPS, RELATIONS, SIMILARITY_BINS, TAU_GRID
 from duel.eval.groups import GROUPS as ACCURACY_GROUPS
+from duel.eval.groups import tied
 from duel.eval.tsne import tsne_embed
 from duel.files import atomic_path, write_json
 from duel.memory import ActiveMemory
 from duel.utils import configure_cpu
+from pipeline import provenance
 from pipeline.common import (
     REPORTS,
     RunKey,
@@ -433,22 +436,45 @@ def summary_key(method: str, train_set: str, where: str, column: str) -> str:
     return f"{method}/{where}/{column}" if train_set == "lt" else f"{method}/{train_set}/{where}/{column}"
 
 
-def report(cfg: StudyConfig) -> None:
-    """Every run's outputs aggregated into reports/, and logged."""
+def report(cfg: StudyConfig, params_file: Path) -> None:
+    """Every run's outputs aggregated into reports/, with what made them, and logged."""
     configure_cpu(cfg.runtime)
     runs = collect(cfg)  # a missing or damaged output fails here, before any run
+    made_by = provenance.record(Path.cwd(), params_file, cfg.runtime)
     config = {"sweep": to_dict(cfg.sweep), "report": to_dict(cfg.report)}
     # The MLflow run spans the stage's work, so the runs table's durations are the stage's.
     with StageRun("report", "report", config, cfg.tracking.experiment) as run:
-        run.log_metrics(build_report(cfg, runs))
+        run.log_metrics(build_report(cfg, runs, made_by))
         figures = REPORTS / "figures"
         for path in sorted(REPORTS.glob("*.*")) + sorted(figures.glob("*.png")):
             run.log_artifact(path, "figures" if path.parent == figures else None)
 
 
-def build_report(cfg: StudyConfig, runs: pd.DataFrame) -> dict[str, float]:
-    """Write every table, figure and summary.json of reports/ from the runs table; returns the summary
-    (one mean per cell)."""
+def group_note(cfg: StudyConfig, axis: str) -> str:
+    """What many / medium / few hold in this study's tables (the first LT draw's counts)."""
+    pc, draw = cfg.probe, cfg.sweep.draws[0]
+    counts = {
+        imbalance: read_json(manifest_path(imbalance, draw), stage_name("prepare", setting(imbalance), draw))
+        for imbalance in cfg.sweep.imbalance
+    }
+    if pc.groups == "shots":
+        few, many = pc.shot_thresholds
+        return f"Groups: many > {many}, medium {few}..{many}, few < {few} LT training images per class."
+    if pc.groups == "head":
+        note = "Groups: many is the class of the largest LT count, few every other class; medium is empty."
+    else:
+        note = "Groups: many / medium / few are thirds of the classes sorted by LT training count."
+    balanced = [f"{axis}={setting(i)}" for i, manifest in counts.items() if tied(manifest["class_counts"])]
+    if balanced:
+        note += f" At {', '.join(balanced)} every class has the same count: " + (
+            "all are many." if pc.groups == "head" else "the thirds are by class index."
+        )
+    return note
+
+
+def build_report(cfg: StudyConfig, runs: pd.DataFrame, made_by: dict[str, Any]) -> dict[str, float]:
+    """Write every table, figure, summary.json and provenance.json of reports/ from the runs table and
+    the provenance record; returns the summary (one mean per cell)."""
     axis = "rho" if cfg.prepare.profile == "dominant" else "r"
     worst = max(cfg.sweep.imbalance)  # the most imbalanced setting, for r and rho alike
     with_memory = set(runs.dropna(subset=["memory_entropy"]).method) if "memory_entropy" in runs else set()
@@ -461,6 +487,7 @@ def build_report(cfg: StudyConfig, runs: pd.DataFrame) -> dict[str, float]:
     figures = REPORTS / "figures"
     s = cfg.sweep
     md = [f"# Results: {cfg.data.source}, profile {cfg.prepare.profile}, LT draws {s.draws}, seeds {s.seeds}", ""]
+    md += [provenance.summary_line(made_by), "", group_note(cfg, axis), ""]
     summary: dict[str, float] = {}
     for name, (column, scale, decimals, caption) in TABLES.items():
         table = paper_table(runs, cfg, column, scale, decimals)
@@ -535,4 +562,5 @@ def build_report(cfg: StudyConfig, runs: pd.DataFrame) -> dict[str, float]:
             plot_tail_risk(diagnostics, f"tail risk, final memory ({where})", figures / "tail_risk.png")
 
     write_json(REPORTS / "summary.json", summary)
+    provenance.write(REPORTS, made_by)
     return summary

@@ -2,6 +2,8 @@
 
 import json
 import re
+import subprocess
+import sys
 
 import mlflow
 import nbclient
@@ -199,3 +201,32 @@ def test_analysis_notebook_runs_on_the_study(study, monkeypatch):
     assert sum(o.output_type == "display_data" for o in outputs) == 3  # two comparisons and the memory diagnostics
     tables = "".join(o.get("data", {}).get("text/plain", "") for o in outputs)
     assert "dmoco" in tables and "memory_entropy" in tables
+
+
+def test_the_study_names_its_code_and_turns_stale_after_a_change_to_it(study):
+    """reports/provenance.json holds what dvc.lock recorded for the study's stages; a change to a file
+    a pretrain stage depends on makes the study stale until `dvc repro` remakes it."""
+    root, env, _ = study
+    record = json.loads((root / "reports/provenance.json").read_text())
+    lock = yaml.safe_load((root / "dvc.lock").read_text())["stages"]
+    code = {
+        d["path"]: [d["md5"]]
+        for name, stage in lock.items()
+        if name.split("@")[0] in ("prepare", "pretrain", "probe")
+        for d in stage["deps"]
+        if not d["path"].startswith("outputs/")
+    }
+    assert record["code"] == dict(sorted(code.items())) and "duel/memory.py" in code
+    assert record["commit"] == sh(["git", "rev-parse", "HEAD"], root, env).strip() and record["uncommitted"] == []
+    assert "by code " in (root / "reports/results.md").read_text()
+    provenance = [sys.executable, "-m", "pipeline", "provenance", "--strict"]
+    assert "reports  current: made by" in sh(provenance, root, env)
+
+    with (root / "duel/memory.py").open("a") as f:
+        f.write("# a change\n")
+    proc = subprocess.run(provenance, cwd=root, env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1 and "stale: " in proc.stdout and "changed since: duel/memory.py" in proc.stdout
+    remade = ran_stages(dvc(root, env, "repro"))
+    assert "pretrain@dmoco-10-lt-0-0" in remade and "report" in remade
+    assert "reports  current: made by" in sh(provenance, root, env)
+    assert json.loads((root / "reports/provenance.json").read_text())["uncommitted"] == ["duel/memory.py"]

@@ -7,8 +7,9 @@ repository page and in the built site, with no include syntax left for either to
       ... the report, written here by this tool ...
       <!-- end include -->
 
-  and the lines between are the report file, its headings made bold captions (so the report's
-  headings stay out of the page's table of contents) and a blank line kept before every table.
+  and the lines between are the status of the studies it comes from (`pipeline/provenance.py`: current,
+  or stale with the files changed since) and the report file, its headings made bold captions (so the
+  report's headings stay out of the page's table of contents) and a blank line kept before every table.
 - The params and command references, `docs/reference/params.md` and `docs/reference/cli.md`, generated
   from the code (`pipeline/reference.py`), and the fidelity page `docs/fidelity.md` (`pipeline/fidelity.py`).
 
@@ -52,15 +53,26 @@ def render_report(text: str) -> str:
 
 
 def synced(text: str, root: Path = ROOT) -> str:
-    """The page with every include block holding its report as it is now."""
+    """The page with every include block holding its report as it is now (read under `root`), below the
+    status of the studies it comes from (in this checkout: its code against theirs)."""
+    if not INCLUDE.search(text):
+        return text
+    sys.path.insert(0, str(ROOT))
+    from pipeline.provenance import Hasher, status_note
+
+    hasher = Hasher(ROOT)
 
     def fill(match: re.Match) -> str:
         source = root / match["path"]
         if not source.is_file():
             raise FileNotFoundError(f"{match['path']} (included by a page) does not exist")
-        return f"{match['open']}{render_report(source.read_text())}{match['close']}"
+        note = status_note(ROOT / match["path"], ROOT, hasher)
+        return f"{match['open']}{note}\n{render_report(source.read_text())}{match['close']}"
 
-    return INCLUDE.sub(fill, text)
+    try:
+        return INCLUDE.sub(fill, text)
+    finally:
+        hasher.close()
 
 
 def reference_pages() -> dict[Path, Callable[[], str]]:
