@@ -16,12 +16,13 @@ A run whose runs.csv has no column for a metric (a report written before it was 
 from __future__ import annotations
 
 import argparse
+import json
 from pathlib import Path
 
 import pandas as pd
 import yaml
 
-from pipeline.provenance import RUNS_FROM
+from pipeline.provenance import PROVENANCE, RUNS_FROM
 
 # Three tables, so that each fits a page's width: column -> (header, scale, decimals)
 ENTROPY = {
@@ -73,13 +74,15 @@ def cell(values: pd.Series, scale: float, decimals: int) -> str:
 
 def summary(studies: list[tuple[str, pd.DataFrame]], baseline: str = "dmoco") -> str:
     runs = pd.concat([df.assign(variant=label) for label, df in studies], ignore_index=True)
+    runs["pairable"] = runs.get("pairable", pd.Series(True, index=runs.index)).fillna(True).astype(bool)
     # The report's row label (the method, marked when it pretrained on the balanced set), plus the variant.
     rows = runs.get("row", runs.method)
     runs["row"] = [r if v == "main" else f"{r} ({v})" for r, v in zip(rows, runs.variant, strict=True)]
     main = runs[runs.variant == "main"]
     reference = main[(main.method == baseline) & (main.get("train_set", "lt") == "lt")].set_index("seed")
     for column in (c for c in PAIRED if c in runs):
-        runs[f"{column} paired"] = runs[column] - runs["seed"].map(reference[column])
+        # a run pairs with the baseline's only when the same code made both (main() sets `pairable`)
+        runs[f"{column} paired"] = (runs[column] - runs["seed"].map(reference[column])).where(runs.pairable)
     lines = [
         f"Mean ± std over the seeds of each row (a single value: one seed). The columns `vs {baseline}, same seed`"
         f" are each run minus {baseline}'s run of the same seed; `-`: not recorded for those runs.",
@@ -101,6 +104,12 @@ def summary(studies: list[tuple[str, pd.DataFrame]], baseline: str = "dmoco") ->
             seeds = ", ".join(str(int(s)) for s in sorted(group.seed))
             lines.append(f"| {row} | {seeds} | " + " | ".join(cells) + " |")
     return "\n".join(lines) + "\n"
+
+
+def made_by(runs_csv: Path) -> dict | None:
+    """The code hashes the study's provenance.json records (None: made before reports recorded them)."""
+    record = runs_csv.parent / PROVENANCE
+    return json.loads(record.read_text())["code"] if record.is_file() else None
 
 
 def grouping(runs_csv: Path) -> str | None:
@@ -125,8 +134,17 @@ def main() -> None:
     for (_, df), g in zip(studies, groups, strict=True):
         if g != main_groups:  # another grouping's few group is another set of classes: not in one column
             df["linear_few"] = float("nan")
-    folders = dict.fromkeys(Path(spec.split("=", 1)[1]).parent.as_posix() for spec in args.studies)
+    codes = [made_by(Path(path)) for _, path in specs]
+    reference = next(
+        c for (label, df), c in zip(studies, codes, strict=True) if label == "main" and args.baseline in set(df.method)
+    )
+    unpaired = sorted({label for (label, _), c in zip(studies, codes, strict=True) if c != reference})
+    for (_, df), c in zip(studies, codes, strict=True):
+        df["pairable"] = c == reference
+    folders = dict.fromkeys(Path(path).parent.as_posix() for _, path in specs)
     text = summary(studies, args.baseline)
+    if unpaired:
+        text += f"\nPaired columns `-` for {', '.join(unpaired)}: made by other code than {args.baseline}'s runs.\n"
     if other:
         text += f"\nfew `-` for {', '.join(other)}: grouped by another `probe.groups` than main ({main_groups}).\n"
     text += f"\n{RUNS_FROM}{', '.join(folders)}\n"  # whose status the docs show
