@@ -218,6 +218,9 @@ def status_note(report: Path, root: Path, hasher: Hasher) -> str:
     folders = [root / f for f in joined[-1][len(RUNS_FROM) :].split(", ")] if joined else [study_folder(report.parent)]
     found = [status(folder, hasher) for folder in folders]
     head = "> **Study status** (`python -m pipeline provenance`)"
+    if not joined and report.name != "results.md":  # e.g. a benchmark's or replay's table beside the report
+        where = found[0].folder.relative_to(root)
+        return f"{head}: not recorded: written by its own script, not by the report of `{where}` ({found[0].line()})\n"
     if len(found) == 1:
         return f"{head}: {found[0].line()}\n"
     return f"{head}:\n" + "".join(f"> - `{s.folder.relative_to(root)}`: {s.line()}\n" for s in found)

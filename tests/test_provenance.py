@@ -68,16 +68,18 @@ def test_a_study_turns_stale_when_a_file_it_depended_on_changes(project, capsys)
 def test_a_table_joined_from_several_studies_shows_each_ones_status(project):
     joined = project / "reports/a/summary.md"
     joined.write_text("| method |\n|---|\n\nRuns from: reports/a, reports/b\n")
-    alone = project / "reports/a/figures.md"
-    alone.write_text("| method |\n")
+    other = project / "reports/a/replay.md"  # a script's table beside the report: not covered by its record
+    other.write_text("| method |\n")
     hasher = Hasher(project)
     try:
         note = status_note(joined, project, hasher).splitlines()
-        single = status_note(alone, project, hasher)
+        single = status_note(project / "reports/a/results.md", project, hasher)
+        beside = status_note(other, project, hasher)
     finally:
         hasher.close()
     assert note[1].startswith("> - `reports/a`: current") and note[2].startswith("> - `reports/b`: not recorded")
     assert single.startswith("> **Study status**") and "current: made by" in single
+    assert "not recorded: written by its own script, not by the report of `reports/a` (current" in beside
 
 
 def test_a_damaged_record_is_named_in_one_line(project):
