@@ -106,6 +106,7 @@ def remake_command(params_file: Path) -> str:
 
 
 def record(root: Path, params_file: Path, runtime: RuntimeConfig) -> dict[str, Any]:
+    """The study's provenance.json, as the report stage writes it (docs/provenance.md lists the fields)."""
     code, params, unrecorded = locked_inputs(root)
     commit = _git(root, "rev-parse", "HEAD")
     changed = _git(root, "status", "--porcelain", "--", *code) if commit and code else ""
