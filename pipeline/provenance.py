@@ -68,7 +68,7 @@ def _git(root: Path, *args: str) -> str | None:
         done = subprocess.run(["git", *args], cwd=root, capture_output=True, text=True, timeout=30, check=True)
     except (OSError, subprocess.SubprocessError):
         return None
-    return done.stdout.strip()
+    return done.stdout
 
 
 def _cpu() -> str:
@@ -108,8 +108,9 @@ def remake_command(params_file: Path) -> str:
 def record(root: Path, params_file: Path, runtime: RuntimeConfig) -> dict[str, Any]:
     """The study's provenance.json, as the report stage writes it (docs/provenance.md lists the fields)."""
     code, params, unrecorded = locked_inputs(root)
-    commit = _git(root, "rev-parse", "HEAD")
-    changed = _git(root, "status", "--porcelain", "--", *code) if commit and code else ""
+    commit = (_git(root, "rev-parse", "HEAD") or "").strip() or None
+    # entries "XY path", NUL-terminated: a path's own spaces and a leading status blank are kept
+    changed = (_git(root, "status", "--porcelain", "-z", "--", *code) or "") if commit and code else ""
     hasher = Hasher(root)
     try:  # a stage recorded before a later edit it was not rerun for (`dvc commit`, a stage run by hand)
         other = [path for path, hashes in code.items() if hasher(path) not in hashes]
@@ -117,7 +118,7 @@ def record(root: Path, params_file: Path, runtime: RuntimeConfig) -> dict[str, A
         hasher.close()
     return {
         "commit": commit,
-        "uncommitted": sorted(line[3:] for line in (changed or "").splitlines()),
+        "uncommitted": sorted(entry[3:] for entry in changed.split("\0") if entry),
         "other_code": other,
         "date": datetime.now(UTC).strftime("%Y-%m-%d"),
         "remake": remake_command(params_file),
