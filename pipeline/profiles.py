@@ -9,6 +9,7 @@ where its hyper-parameters are sourced, are kept.
 from __future__ import annotations
 
 import io
+import shlex
 from pathlib import Path
 from typing import Annotated, Any
 
@@ -138,7 +139,8 @@ def use_profile(
                 _set(doc, key, value)
     parse_config(_plain(doc))  # a bad profile or override fails here, before params.yaml changes
 
-    flags = "".join([" --smoke" if smoke else "", *(f" --set {s}" for s in set_values or [])])
+    # shell-quoted, so the header (and the remake command a report copies from it) pastes as it ran
+    flags = "".join([" --smoke" if smoke else "", *(f" --set {shlex.quote(s)}" for s in set_values or [])])
     header = f"# Written by `python -m pipeline use-profile {name}{flags}` from {source}; edit that file instead.\n"
     with atomic_path(output) as tmp:
         tmp.write_text(header + _dump(doc))

@@ -4,6 +4,7 @@ dvc.yaml expands from it, in one process) on tiny data written in its source's r
 import itertools
 import json
 import math
+import shlex
 import sys
 
 import numpy as np
@@ -17,6 +18,7 @@ from duel.errors import ConfigError
 from duel.methods import METHODS
 from duel.validation import parse_config
 from pipeline.profiles import smallest_n_max
+from pipeline.provenance import remake_command
 from tests.fake_data import write_cifar10, write_cifar100, write_image_folder, write_image_list_tree, write_stl10
 from tests.project_copy import ROOT, commit_all, copy_project, run_stages, sh
 
@@ -67,12 +69,20 @@ def test_every_method_can_join_every_profiles_sweep_with_its_defaults(method):
 
 def test_use_profile_applies_overrides_keeps_comments_and_refuses_bad_values(tmp_path):
     env = copy_project(tmp_path)
-    out = use_profile(tmp_path, env, "cifar10_exp", "--set", "runtime.data_root=/data/c10", "--set", "sweep.seeds=[4]")
+    sets = ["runtime.data_root=/data/c10", "sweep.seeds=[4, 5]"]
+    out = use_profile(tmp_path, env, "cifar10_exp", *(arg for s in sets for arg in ("--set", s)))
     assert "params.yaml <- params/cifar10_exp.yaml" in out
     text = (tmp_path / "params.yaml").read_text()
     assert "[SDCLR]" in text and text.startswith("# Written by `python -m pipeline use-profile cifar10_exp")
+    command = shlex.split(remake_command(tmp_path / "params.yaml"))  # pasted into a shell, it runs as it ran
+    assert command[:5] == ["python", "-m", "pipeline", "use-profile", "cifar10_exp"] and command[-3:] == [
+        "&&",
+        "dvc",
+        "repro",
+    ]
+    assert command[6:-3:2] == sets
     values = yaml.safe_load(text)
-    assert values["runtime"]["data_root"] == "/data/c10" and values["sweep"]["seeds"] == [4]
+    assert values["runtime"]["data_root"] == "/data/c10" and values["sweep"]["seeds"] == [4, 5]
     assert values["pretrain"]["epochs"] == 200
 
     before = (tmp_path / "params.yaml").read_text()
