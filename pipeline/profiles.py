@@ -21,6 +21,7 @@ from ruamel.yaml.comments import CommentedSeq
 from duel.config import GIVEN_PROFILES
 from duel.data.longtail import class_counts
 from duel.errors import DuelError
+from duel.eval.groups import class_groups
 from duel.files import atomic_path
 from duel.validation import parse_config
 from pipeline.common import PARAMS
@@ -31,7 +32,9 @@ KNOWN_CLASSES = {"digits": 10, "cifar10": 10, "cifar100": 100, "stl10": 10}
 
 
 def smallest_n_max(values: dict[str, Any]) -> int | None:
-    """The smallest head-class size that leaves every class >= 1 image in every setting of the sweep."""
+    """The smallest head-class size that leaves every class >= 1 image in every setting of the sweep, in
+    counts the study's `probe.groups` accepts (thirds refuse a cut between classes of equal count, which
+    the floor of a small exp profile makes)."""
     data, prepare = values["data"], values.get("prepare", {})
     profile = prepare.get("profile", "exp")
     classes = KNOWN_CLASSES.get(data["source"])
@@ -42,10 +45,23 @@ def smallest_n_max(values: dict[str, Any]) -> int | None:
     if classes is None or profile in GIVEN_PROFILES:
         return None
     match = prepare.get("match_profile", "exp")
+    probe = values.get("probe", {})
+    grouping = (probe.get("groups", "thirds"), tuple(probe.get("shot_thresholds", (20, 100))))
+
+    def fits(counts: list[int]) -> bool:
+        try:
+            class_groups(counts, *grouping)
+        except DuelError:
+            return False
+        return min(counts) >= 1
+
     for n in range(1, 100_000):
-        if all(min(class_counts(profile, n, classes, r, match)) >= 1 for r in values["sweep"]["imbalance"]):
+        if all(fits(class_counts(profile, n, classes, r, match)) for r in values["sweep"]["imbalance"]):
             return n
-    raise DuelError("no head-class size gives every class an image; check sweep.imbalance")
+    raise DuelError(
+        f"no head-class size gives every class an image in groups probe.groups={grouping[0]} accepts; "
+        "check sweep.imbalance and probe.groups"
+    )
 
 
 def smoke_overrides(values: dict[str, Any]) -> dict[str, Any]:

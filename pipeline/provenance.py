@@ -43,12 +43,17 @@ def locked_inputs(root: Path) -> tuple[dict[str, list[str]], dict[str, Any], lis
     and params of the pipeline's prepare / pretrain / probe instances from dvc.lock, and the instances
     dvc.lock has no record of."""
     from dvc.dependency.param import ParamsDependency
+    from dvc.exceptions import NotDvcRepoError
     from dvc.repo import Repo
 
     code: dict[str, set[str]] = {}
     params: dict[str, Any] = {}
     unrecorded = []
-    with Repo(str(root)) as repo:
+    try:
+        repo = Repo(str(root))
+    except NotDvcRepoError:  # the stages run by hand in a folder DVC does not manage
+        return {}, {}, ["every stage (no DVC project here)"]
+    with repo:
         stages = [s for s in repo.index.stages if s.name.split("@")[0] in NUMBER_STAGES]
         produced = {str(o.def_path) for s in repo.index.stages for o in s.outs}
         for stage in stages:
@@ -111,11 +116,13 @@ def record(root: Path, params_file: Path, runtime: RuntimeConfig) -> dict[str, A
     commit = (_git(root, "rev-parse", "HEAD") or "").strip() or None
     # entries "XY path", NUL-terminated: a path's own spaces and a leading status blank are kept
     changed = (_git(root, "status", "--porcelain", "-z", "--", *code) or "") if commit and code else ""
-    hasher = Hasher(root)
-    try:  # a stage recorded before a later edit it was not rerun for (`dvc commit`, a stage run by hand)
-        other = [path for path, hashes in code.items() if hasher(path) not in hashes]
-    finally:
-        hasher.close()
+    other = []
+    if code:
+        hasher = Hasher(root)
+        try:  # a stage recorded before a later edit it was not rerun for (`dvc commit`, a stage run by hand)
+            other = [path for path, hashes in code.items() if hasher(path) not in hashes]
+        finally:
+            hasher.close()
     return {
         "commit": commit,
         "uncommitted": sorted(entry[3:] for entry in changed.split("\0") if entry),
@@ -143,8 +150,8 @@ def summary_line(provenance: dict[str, Any]) -> str:
         tree += f"; dvc.lock holds other versions of {', '.join(other)}"
     made = f"Made on {provenance['date']} by code {commit} ({tree}), Python {p['python']}, torch {p['torch']}, "
     made += f"{p['device']} ({p['processor']}, {p['threads']} threads, {p['kernels']} kernels). "
-    if provenance["unrecorded_stages"]:
-        made += f"{len(provenance['unrecorded_stages'])} stage instances not in dvc.lock (run outside DVC). "
+    if unrecorded := provenance["unrecorded_stages"]:
+        made += f"Not in dvc.lock: {', '.join(unrecorded[:3])}{' ...' if len(unrecorded) > 3 else ''}. "
     return made + f"Remake: `{provenance['remake']}`. Still current? `python -m pipeline provenance`."
 
 

@@ -106,8 +106,13 @@ def test_use_profile_applies_overrides_keeps_comments_and_refuses_bad_values(tmp
 def test_smoke_n_max_is_the_smallest_that_keeps_every_class():
     values = {"data": {"source": "cifar10"}, "prepare": {"profile": "exp"}, "sweep": {"imbalance": [100]}}
     assert smallest_n_max(values) == 100
+    values["data"]["source"] = "cifar100"  # n 100 leaves every class an image, but cuts 5 classes of 4 images
+    assert smallest_n_max(values) == 108
+    assert smallest_n_max({**values, "probe": {"groups": "shots"}}) == 100
+    values["data"]["source"] = "cifar10"
     values["prepare"]["profile"] = "dominant"
     values["sweep"]["imbalance"] = [0.9]
+    values["probe"] = {"groups": "head"}
     assert smallest_n_max(values) == 82  # floor(82 * 0.1 / (0.9 * 9)) = 1
     values["prepare"]["profile"] = "natural"
     assert smallest_n_max(values) is None
@@ -142,8 +147,8 @@ def write_source(profile, data):
         write_image_folder(data, per_class=115)
     elif profile.startswith("cifar10_"):
         write_cifar10(data, per_class=115)
-    elif profile == "cifar100_lt":
-        write_cifar100(data, per_class=115)
+    elif profile == "cifar100_lt":  # the smoke's n_max is 108 (thirds with no cut between equal counts)
+        write_cifar100(data, per_class=125)
     elif profile == "stl10":
         write_stl10(data, per_class=15)
     else:
