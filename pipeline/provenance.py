@@ -14,13 +14,12 @@ import json
 import platform
 import re
 import subprocess
-from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from duel.config import RuntimeConfig
+from duel.config import RuntimeConfig, flatten
 from duel.errors import DuelError
 from duel.files import write_json
 
@@ -28,14 +27,6 @@ PROVENANCE = "provenance.json"
 WRITTEN_BY = re.compile(r"^# Written by `(?P<command>[^`]+)`")
 NUMBER_STAGES = ("prepare", "pretrain", "probe")  # the stages whose outputs the tables' numbers are
 RUNS_FROM = "Runs from: "  # a table joined from several studies (notebooks/study_summary.py) names their folders
-
-
-def _flatten(values: dict[str, Any], prefix: str = "") -> Iterator[tuple[str, Any]]:
-    for key, value in values.items():
-        if isinstance(value, dict) and value:
-            yield from _flatten(value, f"{prefix}{key}.")
-        else:
-            yield f"{prefix}{key}", value
 
 
 def locked_inputs(root: Path) -> tuple[dict[str, list[str]], dict[str, Any], list[str]]:
@@ -62,7 +53,7 @@ def locked_inputs(root: Path) -> tuple[dict[str, list[str]], dict[str, Any], lis
                 continue
             for dep in stage.deps:
                 if isinstance(dep, ParamsDependency):
-                    params.update(_flatten(dep.hash_info.value or {}))
+                    params.update(flatten(dep.hash_info.value or {}))
                 elif not any(dep.def_path == out or dep.def_path.startswith(f"{out}/") for out in produced):
                     code.setdefault(dep.def_path, set()).add(dep.hash_info.value)
     return {path: sorted(hashes) for path, hashes in sorted(code.items())}, dict(sorted(params.items())), unrecorded
